@@ -1,0 +1,74 @@
+"""org.example.Storage.Manager at /org/example/Storage
+(introspection/org.example.Storage.Manager.xml)."""
+
+from .. import __version__
+from . import actions
+from .bus import method
+from .calls import authorized, option, public
+from .paths import MANAGER_IFACE, pool_path, volume_path
+from .properties import ExportedObject, with_properties
+
+
+@with_properties
+class ManagerInterface(ExportedObject):
+    PROPERTIES = (("Version", "s"), ("SupportedPoolTypes", "as"))
+
+    def __init__(self, service) -> None:
+        super().__init__(MANAGER_IFACE, service)
+
+    @property
+    def manager(self):
+        return self.service.manager
+
+    def property_values(self) -> dict[str, object]:
+        return {"Version": __version__, "SupportedPoolTypes": self.service.supported_pool_types()}
+
+    @method()
+    @authorized(actions.POOL_DEFINE)
+    async def DefinePool(self, xml: "s", options: "a{sv}") -> "o":
+        pool = await self.manager.define_pool(xml)
+        return pool_path(pool.name)
+
+    @method()
+    @authorized(actions.POOL_DEFINE, when_option={"build": actions.POOL_BUILD})
+    async def CreatePool(self, xml: "s", options: "a{sv}") -> "o":
+        build = option(options, "build", "b", False)
+        overwrite = option(options, "overwrite", "b", False)
+        pool = await self.manager.create_pool(xml, build=build, overwrite=overwrite)
+        return pool_path(pool.name)
+
+    @method()
+    @public
+    async def ListPools(self, options: "a{sv}") -> "ao":
+        active = option(options, "active", "b")
+        return [
+            pool_path(name) for name, pool in sorted(self.manager.pools.items())
+            if active is None or pool.active == active
+        ]
+
+    @method()
+    @public
+    async def LookupPoolByName(self, name: "s", options: "a{sv}") -> "o":
+        return pool_path(self.manager.pool(name).name)
+
+    @method()
+    @public
+    async def LookupPoolByUUID(self, uuid: "s", options: "a{sv}") -> "o":
+        return pool_path(self.manager.pool_by_uuid(uuid).name)
+
+    @method()
+    @public
+    async def LookupVolumeByPath(self, path: "s", options: "a{sv}") -> "o":
+        pool, vol = self.manager.volume_by("path", path)
+        return volume_path(pool.name, vol.name)
+
+    @method()
+    @public
+    async def LookupVolumeByKey(self, key: "s", options: "a{sv}") -> "o":
+        pool, vol = self.manager.volume_by("key", key)
+        return volume_path(pool.name, vol.name)
+
+    @method()
+    @public
+    async def GetCapabilities(self, options: "a{sv}") -> "s":
+        return self.service.capabilities_xml()

@@ -1,0 +1,92 @@
+"""Keeps the exported D-Bus objects in step with core.
+
+Implements core's StorageListener: a pool or volume that appears is exported and
+announced with InterfacesAdded from the manager's path; one that goes away is
+unexported with InterfacesRemoved; a change is announced with PropertiesChanged
+carrying only the properties whose values differ from what was last announced.
+"""
+
+import logging
+
+from .bus import Message, MessageBus
+from .paths import MANAGER_PATH, OBJECT_MANAGER_IFACE, pool_path, volume_path
+from .pool_iface import PoolInterface
+from .properties import ExportedObject
+from .volume_iface import VolumeInterface
+
+log = logging.getLogger(__name__)
+
+
+class ObjectTree:
+    def __init__(self, bus: MessageBus, service) -> None:
+        self.bus = bus
+        self.service = service
+        self.objects: dict[str, ExportedObject] = {}
+        self._announced: dict[str, dict[str, object]] = {}
+
+    # -- lookups for the interfaces -----------------------------------------
+    def volume_at(self, path: str) -> VolumeInterface | None:
+        obj = self.objects.get(path)
+        return obj if isinstance(obj, VolumeInterface) else None
+
+    # -- export / unexport --------------------------------------------------
+    def _export(self, path: str, obj: ExportedObject) -> None:
+        if path in self.objects:
+            self._unexport(path)
+        self.objects[path] = obj
+        self.bus.export(path, obj)
+        values = obj.property_values()
+        self._announced[path] = values
+        self._signal("InterfacesAdded", "oa{sa{sv}}", [path, {obj.name: obj.property_variants()}])
+
+    def _unexport(self, path: str) -> None:
+        obj = self.objects.pop(path, None)
+        if obj is None:
+            return
+        self._announced.pop(path, None)
+        self.bus.unexport(path, obj)
+        self._signal("InterfacesRemoved", "oas", [path, [obj.name]])
+
+    def _changed(self, path: str) -> None:
+        obj = self.objects.get(path)
+        if obj is None:
+            return
+        values = obj.property_values()
+        before = self._announced.get(path, {})
+        changed = {k: v for k, v in values.items() if before.get(k) != v}
+        self._announced[path] = values
+        if changed:
+            obj.emit_properties_changed(changed)
+
+    def _signal(self, member: str, signature: str, body: list) -> None:
+        self.bus.send(Message.new_signal(
+            path=MANAGER_PATH, interface=OBJECT_MANAGER_IFACE, member=member,
+            signature=signature, body=body,
+        ))
+
+    # -- StorageListener ----------------------------------------------------
+    def pool_added(self, pool) -> None:
+        self._export(pool_path(pool.name), PoolInterface(pool, self.service))
+
+    def pool_removed(self, pool) -> None:
+        for name in list(pool.volumes):
+            self._unexport(volume_path(pool.name, name))
+        self._unexport(pool_path(pool.name))
+
+    def pool_changed(self, pool) -> None:
+        self._changed(pool_path(pool.name))
+
+    def pool_refreshed(self, pool) -> None:
+        obj = self.objects.get(pool_path(pool.name))
+        if isinstance(obj, PoolInterface):
+            obj.Refreshed()
+
+    def volume_added(self, pool, volume) -> None:
+        path = volume_path(pool.name, volume.name)
+        self._export(path, VolumeInterface(pool, volume.name, self.service))
+
+    def volume_removed(self, pool, volume) -> None:
+        self._unexport(volume_path(pool.name, volume.name))
+
+    def volume_changed(self, pool, volume) -> None:
+        self._changed(volume_path(pool.name, volume.name))

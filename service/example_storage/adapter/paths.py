@@ -1,0 +1,20 @@
+"""Object paths of the service (stable: derived from names only)."""
+
+from ..model.names import encode_path_element
+
+BUS_NAME = "org.example.Storage"
+MANAGER_PATH = "/org/example/Storage"
+POOLS_PATH = MANAGER_PATH + "/pools"
+
+MANAGER_IFACE = "org.example.Storage.Manager"
+POOL_IFACE = "org.example.Storage.Pool"
+VOLUME_IFACE = "org.example.Storage.Volume"
+OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
+
+
+def pool_path(pool_name: str) -> str:
+    return f"{POOLS_PATH}/{encode_path_element(pool_name)}"
+
+
+def volume_path(pool_name: str, volume_name: str) -> str:
+    return f"{pool_path(pool_name)}/volumes/{encode_path_element(volume_name)}"

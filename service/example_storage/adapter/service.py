@@ -1,0 +1,43 @@
+"""Puts core on the bus: exports the manager, follows core's events, authorizes calls."""
+
+import logging
+
+from ..backends.registry import all_backends
+from ..core.capabilities import capabilities_xml, supported_types
+from ..core.manager import StorageManager
+from .authority import PolkitAuthority
+from .bus import MessageBus
+from .calls import track_callers
+from .manager_iface import ManagerInterface
+from .objects import ObjectTree
+from .paths import BUS_NAME, MANAGER_PATH
+
+log = logging.getLogger(__name__)
+
+
+class StorageService:
+    def __init__(self, bus: MessageBus, manager: StorageManager) -> None:
+        self.bus = bus
+        self.manager = manager
+        self.authority = PolkitAuthority(bus)
+        self.objects = ObjectTree(bus, self)
+        self.manager_object = ManagerInterface(self)
+
+    def capabilities_xml(self) -> str:
+        return capabilities_xml(all_backends().values())
+
+    def supported_pool_types(self) -> list[str]:
+        return supported_types(all_backends().values())
+
+    async def start(self) -> None:
+        """Export everything, restore pools, and only then take the bus name."""
+        self.bus.add_message_handler(track_callers)
+        self.bus.export(MANAGER_PATH, self.manager_object)
+        self.manager.listeners.add(self.objects)
+        await self.manager.load()
+        for pool in list(self.manager.pools.values()):
+            self.objects.pool_added(pool)
+            for volume in list(pool.volumes.values()):
+                self.objects.volume_added(pool, volume)
+        reply = await self.bus.request_name(BUS_NAME)
+        log.info("owning %s (%s)", BUS_NAME, reply)

@@ -1,0 +1,46 @@
+"""What core tells the outside world (the D-Bus adapter) about changes.
+
+Core calls these synchronously after each change; a listener must not block.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..model.definitions import VolumeDefinition
+    from .pool import StoragePool
+
+
+class StorageListener(Protocol):
+    def pool_added(self, pool: StoragePool) -> None: ...
+
+    def pool_removed(self, pool: StoragePool) -> None: ...
+
+    def pool_changed(self, pool: StoragePool) -> None:
+        """Some property of the pool may have changed (state, figures, flags)."""
+
+    def pool_refreshed(self, pool: StoragePool) -> None: ...
+
+    def volume_added(self, pool: StoragePool, volume: VolumeDefinition) -> None: ...
+
+    def volume_removed(self, pool: StoragePool, volume: VolumeDefinition) -> None: ...
+
+    def volume_changed(self, pool: StoragePool, volume: VolumeDefinition) -> None: ...
+
+
+class ListenerSet:
+    """Fans every event out to all registered listeners."""
+
+    def __init__(self) -> None:
+        self._listeners: list[StorageListener] = []
+
+    def add(self, listener: StorageListener) -> None:
+        self._listeners.append(listener)
+
+    def __getattr__(self, event: str):
+        def fan_out(*args) -> None:
+            for listener in self._listeners:
+                getattr(listener, event)(*args)
+
+        return fan_out

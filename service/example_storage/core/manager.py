@@ -1,0 +1,199 @@
+"""The set of pools: define, create, undefine, look up, and restore after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+
+from ..backends.base import Backend
+from ..backends.registry import backend_for
+from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from ..model.definitions import PoolDefinition, VolumeDefinition
+from ..model.names import validate_uuid
+from ..model.poolxml import parse_pool_xml
+from .config_store import PoolConfigStore
+from .events import ListenerSet
+from .pool import INACTIVE, StoragePool
+
+log = logging.getLogger(__name__)
+
+
+class StorageManager:
+    def __init__(
+        self,
+        config_dir: Path,
+        run_dir: Path,
+        backend_factory: Callable[[str], Backend] = backend_for,
+    ) -> None:
+        self.store = PoolConfigStore(config_dir, run_dir)
+        self.listeners = ListenerSet()
+        self.pools: dict[str, StoragePool] = {}
+        self._backend_for = backend_factory
+        self._registry_lock = asyncio.Lock()   # name/UUID uniqueness of new pools
+
+    # -- start-up -----------------------------------------------------------
+    async def load(self) -> None:
+        """Read persistent configs and runtime state, resume active pools, autostart."""
+        self.store.prepare()
+        for stored in self.store.load_configs():
+            self._add(stored.definition, persistent=True, autostart=stored.autostart)
+        for definition in self.store.load_states():
+            pool = self.pools.get(definition.name)
+            if pool is None:
+                pool = self._add(definition, persistent=False)
+            elif pool.uuid != (definition.uuid or ""):
+                log.warning("state of pool %s has another UUID; ignoring it", definition.name)
+                self.store.remove_state(definition.name)
+                continue
+            else:
+                # The running definition may differ from the persistent one.
+                pool.pending_definition, pool.definition = pool.definition, definition
+            await self._resume(pool)
+        for pool in list(self.pools.values()):
+            if pool.autostart and pool.state == INACTIVE:
+                try:
+                    async with pool.lock:
+                        await pool.start()
+                    log.info("autostarted pool %s", pool.name)
+                except Exception as e:  # noqa: BLE001 - one bad pool must not stop the rest
+                    log.error("autostart of pool %s failed: %s", pool.name, e)
+
+    async def _resume(self, pool: StoragePool) -> None:
+        if await pool.resume():
+            log.info("pool %s is still active", pool.name)
+            if pool.pending_definition == pool.definition:
+                pool.pending_definition = None
+            return
+        log.info("pool %s is no longer active", pool.name)
+        self.store.remove_state(pool.name)
+        if pool.pending_definition is not None:
+            pool.definition, pool.pending_definition = pool.pending_definition, None
+        if not pool.persistent:
+            del self.pools[pool.name]
+
+    def _add(self, definition: PoolDefinition, *, persistent: bool, autostart: bool = False
+             ) -> StoragePool:
+        pool = StoragePool(
+            definition, self._backend_for(definition.type), self.store, self.listeners,
+            persistent=persistent, autostart=autostart,
+        )
+        self.pools[pool.name] = pool
+        return pool
+
+    # -- lookups ------------------------------------------------------------
+    def pool(self, name: str) -> StoragePool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise NotFound(f"no pool named '{name[:256]}'") from None
+
+    def pool_by_uuid(self, value: str) -> StoragePool:
+        wanted = validate_uuid(value)
+        for pool in self.pools.values():
+            if pool.uuid == wanted:
+                return pool
+        raise NotFound(f"no pool with UUID {wanted}")
+
+    def volume_by(self, field: str, value: str) -> tuple[StoragePool, VolumeDefinition]:
+        for pool in self.pools.values():
+            for vol in pool.volumes.values():
+                if getattr(vol, field) == value:
+                    return pool, vol
+        raise NotFound(f"no volume with {field} '{value[:4096]}'")
+
+    # -- define / create / undefine -----------------------------------------
+    def _new_definition(self, xml: str) -> PoolDefinition:
+        definition = parse_pool_xml(xml)
+        if definition.uuid is None:
+            definition.uuid = str(uuidlib.uuid4())
+        if definition.name in self.pools:
+            raise AlreadyExists(f"a pool named '{definition.name}' exists already")
+        for other in self.pools.values():
+            if other.uuid == definition.uuid:
+                raise AlreadyExists(
+                    f"pool '{other.name}' already has UUID {definition.uuid}"
+                )
+        return definition
+
+    async def define_pool(self, xml: str) -> StoragePool:
+        async with self._registry_lock:
+            definition = self._new_definition(xml)
+            self.store.save_config(definition)
+            pool = self._add(definition, persistent=True)
+        self.listeners.pool_added(pool)
+        return pool
+
+    async def create_pool(self, xml: str, build: bool = False, overwrite: bool = False
+                          ) -> StoragePool:
+        """A transient pool, started (and built first when asked)."""
+        async with self._registry_lock:
+            definition = self._new_definition(xml)
+            pool = self._add(definition, persistent=False)
+            async with pool.lock:
+                try:
+                    if build:
+                        await pool.build(overwrite)
+                    await pool.start()
+                except BaseException:
+                    del self.pools[pool.name]
+                    raise
+        self.listeners.pool_added(pool)
+        return pool
+
+    async def redefine_pool(self, pool: StoragePool, xml: str) -> None:
+        definition = parse_pool_xml(xml)
+        if definition.name != pool.name:
+            raise InvalidArgument(
+                f"the XML names pool '{definition.name}'; this pool is '{pool.name}' "
+                "(renaming is not supported)"
+            )
+        if definition.type != pool.type:
+            raise InvalidArgument(
+                f"the XML is of type '{definition.type}'; this pool is '{pool.type}'"
+            )
+        if definition.uuid is None:
+            definition.uuid = pool.uuid
+        elif definition.uuid != pool.uuid:
+            raise InvalidArgument(f"the XML has UUID {definition.uuid}; this pool {pool.uuid}")
+        async with pool.lock:
+            self.store.save_config(definition)
+            if pool.state == INACTIVE:
+                pool.definition = definition
+                pool.pending_definition = None
+            else:
+                pool.pending_definition = definition
+            if not pool.persistent:
+                pool.persistent = True
+            self.listeners.pool_changed(pool)
+
+    async def undefine_pool(self, pool: StoragePool) -> None:
+        async with pool.lock:
+            if not pool.persistent:
+                raise InvalidState(f"pool '{pool.name}' is transient; nothing to undefine")
+            self.store.remove_config(pool.name)
+            pool.persistent = False
+            pool.autostart = False
+            pool.pending_definition = None
+            if pool.state == INACTIVE:
+                self.pools.pop(pool.name, None)
+                self.listeners.pool_removed(pool)
+            else:
+                self.listeners.pool_changed(pool)
+
+    async def destroy_pool(self, pool: StoragePool) -> None:
+        async with pool.lock:
+            await pool.stop()
+            if not pool.persistent:
+                self.pools.pop(pool.name, None)
+                self.listeners.pool_removed(pool)
+
+    async def set_autostart(self, pool: StoragePool, autostart: bool) -> None:
+        async with pool.lock:
+            if not pool.persistent:
+                raise InvalidState(f"pool '{pool.name}' is transient; it cannot autostart")
+            self.store.set_autostart(pool.name, autostart)
+            pool.autostart = autostart
+            self.listeners.pool_changed(pool)

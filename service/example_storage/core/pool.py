@@ -1,0 +1,264 @@
+"""One storage pool: its definitions, state machine, volumes and lock.
+
+States: inactive -> (building -> inactive) -> running -> inactive; a running pool
+whose storage vanished becomes inaccessible. Every mutation takes the pool's lock,
+so two callers never build, start or change volumes of one pool at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import TYPE_CHECKING
+
+from ..backends.base import Backend, PoolStats, RefreshResult
+from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from ..model.definitions import PoolDefinition, VolumeDefinition
+from ..model.names import validate_name
+from ..model.volxml import parse_volume_xml
+
+if TYPE_CHECKING:
+    from .config_store import PoolConfigStore
+    from .events import ListenerSet
+
+log = logging.getLogger(__name__)
+
+INACTIVE = "inactive"
+BUILDING = "building"
+RUNNING = "running"
+DEGRADED = "degraded"
+INACCESSIBLE = "inaccessible"
+ACTIVE_STATES = (RUNNING, DEGRADED)
+
+
+class StoragePool:
+    def __init__(
+        self,
+        definition: PoolDefinition,
+        backend: Backend,
+        store: PoolConfigStore,
+        listeners: ListenerSet,
+        *,
+        persistent: bool,
+        autostart: bool = False,
+    ) -> None:
+        self.definition = definition            # what runs now (or would run next)
+        self.pending_definition: PoolDefinition | None = None   # Define while active
+        self.backend = backend
+        self.store = store
+        self.listeners = listeners
+        self.persistent = persistent
+        self.autostart = autostart
+        self.state = INACTIVE
+        self.stats = PoolStats()
+        self.volumes: dict[str, VolumeDefinition] = {}
+        self.lock = asyncio.Lock()
+
+    # -- read-only views ----------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> str:
+        return self.definition.uuid or ""
+
+    @property
+    def type(self) -> str:
+        return self.definition.type
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def target_path(self) -> str:
+        target = self.definition.target
+        return (target.path if target else None) or ""
+
+    def xml_definition(self, inactive: bool = False) -> PoolDefinition:
+        """The definition to show, with current figures (libvirt's GetXMLDesc)."""
+        if inactive and self.persistent:
+            return copy.deepcopy(self.pending_definition or self.definition)
+        shown = copy.deepcopy(self.definition)
+        shown.capacity = self.stats.capacity
+        shown.allocation = self.stats.allocation
+        shown.available = self.stats.available
+        return shown
+
+    def volume(self, name: str) -> VolumeDefinition:
+        try:
+            return self.volumes[name]
+        except KeyError:
+            raise NotFound(f"pool '{self.name}' has no volume '{name}'") from None
+
+    # -- state helpers ------------------------------------------------------
+    def _require_active(self, what: str) -> None:
+        if not self.active:
+            raise InvalidState(f"pool '{self.name}' is {self.state}; {what} needs it running")
+
+    def _require_inactive(self, what: str) -> None:
+        if self.state != INACTIVE:
+            raise InvalidState(f"pool '{self.name}' is {self.state}; {what} needs it inactive")
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.listeners.pool_changed(self)
+
+    # -- pool operations (callers hold self.lock) ---------------------------
+    async def build(self, overwrite: bool) -> None:
+        self._require_inactive("Build")
+        self._set_state(BUILDING)
+        try:
+            await self.backend.build(self.definition, overwrite)
+        finally:
+            self._set_state(INACTIVE)
+
+    async def start(self) -> None:
+        self._require_inactive("Start")
+        if self.pending_definition is not None:
+            self.definition, self.pending_definition = self.pending_definition, None
+        await self.backend.start(self.definition)
+        try:
+            result = await self.backend.refresh(self.definition)
+        except BaseException:
+            await self._stop_quietly()
+            raise
+        self.store.save_state(self.definition)
+        self.state = RUNNING
+        self._apply_refresh(result)
+        self.listeners.pool_changed(self)
+
+    async def stop(self) -> None:
+        if self.state not in (*ACTIVE_STATES, INACCESSIBLE):
+            raise InvalidState(f"pool '{self.name}' is {self.state}; it is not running")
+        if self.state != INACCESSIBLE:
+            await self.backend.stop(self.definition)
+        self.mark_inactive()
+
+    def mark_inactive(self) -> None:
+        """Forget runtime state: volumes gone, figures zero, state file removed."""
+        self.store.remove_state(self.name)
+        self._drop_volumes()
+        self.stats = PoolStats()
+        if self.pending_definition is not None:
+            self.definition, self.pending_definition = self.pending_definition, None
+        self.state = INACTIVE
+        self.listeners.pool_changed(self)
+
+    async def delete(self) -> None:
+        self._require_inactive("Delete")
+        await self.backend.delete(self.definition)
+
+    async def refresh(self) -> None:
+        self._require_active("Refresh")
+        result = await self.backend.refresh(self.definition)
+        self._apply_refresh(result)
+        self.listeners.pool_changed(self)
+        self.listeners.pool_refreshed(self)
+
+    async def resume(self) -> bool:
+        """After a daemon restart: is the pool recorded as active really active?"""
+        try:
+            if not await self.backend.is_active(self.definition):
+                return False
+            result = await self.backend.refresh(self.definition)
+        except Exception as e:  # noqa: BLE001 - a broken pool must not stop the daemon
+            log.warning("pool %s was active but cannot be resumed: %s", self.name, e)
+            return False
+        self.state = RUNNING
+        self._apply_refresh(result)
+        return True
+
+    async def _stop_quietly(self) -> None:
+        try:
+            await self.backend.stop(self.definition)
+        except Exception as e:  # noqa: BLE001 - the original error matters more
+            log.warning("could not undo start of pool %s: %s", self.name, e)
+
+    def _apply_refresh(self, result: RefreshResult) -> None:
+        self.stats = result.stats
+        fresh = {v.name: v for v in result.volumes}
+        for name in list(self.volumes):
+            if name not in fresh:
+                self.listeners.volume_removed(self, self.volumes.pop(name))
+        for name, vol in fresh.items():
+            old = self.volumes.get(name)
+            self.volumes[name] = vol
+            if old is None:
+                self.listeners.volume_added(self, vol)
+            elif old != vol:
+                self.listeners.volume_changed(self, vol)
+
+    def _drop_volumes(self) -> None:
+        for name in list(self.volumes):
+            self.listeners.volume_removed(self, self.volumes.pop(name))
+
+    async def _update_stats(self) -> None:
+        self.stats = await self.backend.stats(self.definition)
+        self.listeners.pool_changed(self)
+
+    # -- volume operations (callers hold self.lock) -------------------------
+    def parse_new_volume(self, xml: str) -> VolumeDefinition:
+        vol = parse_volume_xml(xml, self.type)
+        validate_name(vol.name, "volume name")
+        if not vol.capacity:
+            raise InvalidArgument("the volume XML needs a <capacity> greater than 0")
+        if vol.name in self.volumes:
+            raise AlreadyExists(f"pool '{self.name}' already has a volume '{vol.name}'")
+        return vol
+
+    async def create_volume(self, xml: str) -> VolumeDefinition:
+        self._require_active("CreateVolume")
+        vol = self.parse_new_volume(xml)
+        created = await self.backend.create_volume(self.definition, vol)
+        return await self._volume_appeared(created)
+
+    async def create_volume_from(self, xml: str, source: VolumeDefinition) -> VolumeDefinition:
+        self._require_active("CreateVolumeFrom")
+        vol = parse_volume_xml(xml, self.type)
+        validate_name(vol.name, "volume name")
+        if vol.name in self.volumes:
+            raise AlreadyExists(f"pool '{self.name}' already has a volume '{vol.name}'")
+        created = await self.backend.create_volume_from(self.definition, vol, source)
+        return await self._volume_appeared(created)
+
+    async def _volume_appeared(self, vol: VolumeDefinition) -> VolumeDefinition:
+        self.volumes[vol.name] = vol
+        self.listeners.volume_added(self, vol)
+        await self._update_stats()
+        return vol
+
+    async def delete_volume(self, name: str) -> None:
+        self._require_active("volume Delete")
+        vol = self.volume(name)
+        await self.backend.delete_volume(self.definition, vol)
+        del self.volumes[name]
+        self.listeners.volume_removed(self, vol)
+        await self._update_stats()
+
+    async def resize_volume(self, name: str, capacity: int, shrink: bool) -> None:
+        self._require_active("Resize")
+        vol = self.volume(name)
+        if capacity <= 0:
+            raise InvalidArgument("capacity must be greater than 0")
+        if capacity < (vol.capacity or 0) and not shrink:
+            raise InvalidArgument(
+                f"{capacity} is smaller than the volume's capacity {vol.capacity}; "
+                "pass option 'shrink' to cut data off its end"
+            )
+        updated = await self.backend.resize_volume(self.definition, vol, capacity, shrink)
+        self.volumes[name] = updated
+        self.listeners.volume_changed(self, updated)
+        await self._update_stats()
+
+    async def wipe_volume(self, name: str) -> None:
+        self._require_active("Wipe")
+        vol = self.volume(name)
+        await self.backend.wipe_volume(self.definition, vol)
+        updated = await self.backend.volume_info(self.definition, name)
+        self.volumes[name] = updated
+        self.listeners.volume_changed(self, updated)
+        await self._update_stats()

@@ -1,0 +1,73 @@
+"""Validation of user-given names and their encoding into D-Bus object path elements."""
+
+from __future__ import annotations
+
+import re
+import uuid as _uuid
+
+from ..errors import InvalidArgument
+
+MAX_NAME_BYTES = 255
+_SAFE = re.compile(r"[A-Za-z0-9]")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Accept a pool or volume name, or raise InvalidArgument saying why not.
+
+    A name becomes a file name (dir pool volumes, config files), so it may not be
+    empty, '.', '..', contain '/', NUL or control characters, or exceed 255 bytes.
+    """
+    if not isinstance(name, str) or name == "":
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"{what} is longer than {MAX_NAME_BYTES} bytes")
+    if name in (".", ".."):
+        raise InvalidArgument(f"{what} must not be '.' or '..'")
+    if "/" in name:
+        raise InvalidArgument(f"{what} must not contain '/'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidArgument(f"{what} must not contain NUL or control characters")
+    if name.startswith("-"):
+        raise InvalidArgument(f"{what} must not start with '-'")
+    return name
+
+
+def validate_uuid(value: str) -> str:
+    """Return the canonical (lower-case, dashed) form of a UUID, or raise InvalidArgument."""
+    try:
+        return str(_uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidArgument(f"'{value[:64]}' is not a valid UUID") from None
+
+
+def encode_path_element(name: str) -> str:
+    """Encode any name as a D-Bus object path element, reversibly and stably.
+
+    Letters and digits stay; every other byte of the UTF-8 form becomes ``_xx``
+    (lower-case hex), like systemd's bus_label_escape. The empty name becomes ``_``.
+    """
+    if name == "":
+        return "_"
+    out = []
+    for ch in name:
+        if _SAFE.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def decode_path_element(element: str) -> str:
+    """Inverse of encode_path_element."""
+    if element == "_":
+        return ""
+    data = bytearray()
+    i = 0
+    while i < len(element):
+        if element[i] == "_":
+            data.append(int(element[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            data.extend(element[i].encode())
+            i += 1
+    return data.decode("utf-8", "surrogatepass")

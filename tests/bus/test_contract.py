@@ -1,0 +1,30 @@
+"""The running service's Introspect output equals introspection/*.xml."""
+
+from tests.bus.helpers import POOL, dir_pool_xml, raw_volume_xml
+from tests.contract.introspection import contract, parse_interfaces, structure
+
+STANDARD = {
+    "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer",
+    "org.freedesktop.DBus.Properties", "org.freedesktop.DBus.ObjectManager",
+}
+
+
+async def test_introspection_matches_contract(svc):
+    pool = await svc.running_dir_pool("c")
+    vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}", raw_volume_xml("v", "1", "MiB"), {})
+    seen = {}
+    for path in ("/org/example/Storage", pool, vol):
+        xml = await svc.introspect(path)
+        ifaces = parse_interfaces(xml)
+        seen.update({k: v for k, v in ifaces.items() if k not in STANDARD})
+    assert structure(seen) == structure(contract())
+    # the manager's path also answers ObjectManager
+    assert "org.freedesktop.DBus.ObjectManager" in await svc.introspect("/org/example/Storage")
+
+
+async def test_pool_names_are_escaped_into_paths(svc):
+    for name in ("a b", "über", "x.y-z", "_"):
+        target = svc.workdir / f"d{len(name)}{ord(name[0])}"
+        pool = await svc.manager("DefinePool", "sa{sv}", dir_pool_xml(name, target), {})
+        assert pool.startswith("/org/example/Storage/pools/")
+        assert await svc.manager("LookupPoolByName", "sa{sv}", name, {}) == pool
