@@ -51,7 +51,7 @@ class PolkitAuthority:
                 return
             raise NotAuthorized(f"not authorized for {action}: polkit is not running, "
                                 "so only root may do this")
-        subject = ("system-bus-name", {"name": Variant("s", sender)})
+        subject = ["system-bus-name", {"name": Variant("s", sender)}]
         flags = ALLOW_USER_INTERACTION if interactive else 0
         try:
             (result,) = await self._bus_call(
