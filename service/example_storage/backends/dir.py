@@ -1,0 +1,166 @@
+"""The 'dir' pool: a directory of volume files."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+
+from ..errors import Busy, Failed, InvalidArgument, InvalidState, NotFound
+from ..model.definitions import PoolDefinition, VolumeDefinition
+from ..system.runner import which
+from . import file_volumes
+from .base import FEATURES, Backend, PoolStats, RefreshResult
+
+DEFAULT_POOL_MODE = 0o711   # libvirt's default for pool directories
+
+
+class DirBackend(Backend):
+    type_name = "dir"
+    required_tools: tuple[str, ...] = ()
+    optional_tools: tuple[str, ...] = ("qemu-img",)   # raw volumes work without it
+    features = frozenset(FEATURES)
+    volume_formats = file_volumes.FORMATS
+    default_volume_format = "raw"
+    default_volume_type = "file"
+
+    # -- tools ---------------------------------------------------------------
+    def missing_tools(self) -> list[str]:
+        return [t for t in self.required_tools if which(t) is None]
+
+    def missing_optional_tools(self) -> list[str]:
+        return [t for t in self.optional_tools if which(t) is None]
+
+    def available_volume_formats(self) -> tuple[str, ...]:
+        if which("qemu-img") is None:
+            return file_volumes.RAW_FORMATS
+        return self.volume_formats
+
+    # -- paths ---------------------------------------------------------------
+    @staticmethod
+    def target_path(pool: PoolDefinition) -> str:
+        path = pool.target.path if pool.target else None
+        if not path:
+            raise InvalidArgument(f"pool '{pool.name}' has no target path")
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"pool target path '{path}' is not absolute")
+        path = os.path.normpath(path)
+        if path == "/":
+            raise InvalidArgument("pool target path must not be '/'")
+        return path
+
+    async def volume_dir(self, pool: PoolDefinition) -> str:
+        """The directory volumes live in, checked to be usable now."""
+        path = self.target_path(pool)
+        if not os.path.isdir(path):
+            raise InvalidState(f"pool '{pool.name}': {path} is not a directory (run Build first)")
+        return path
+
+    async def _volume_path(self, pool: PoolDefinition, vol: VolumeDefinition) -> str:
+        # Always target/name: a path in the caller's XML is never used.
+        return file_volumes.volume_path(await self.volume_dir(pool), vol.name)
+
+    # -- pool ----------------------------------------------------------------
+    def _make_target(self, pool: PoolDefinition) -> str:
+        path = self.target_path(pool)
+        perms = pool.target.permissions if pool.target else None
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise InvalidState(f"{path} exists and is not a directory")
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise Failed(f"cannot create {path}: {exc.strerror}") from None
+        file_volumes.apply_permissions(path, perms, DEFAULT_POOL_MODE)
+        return path
+
+    async def is_active(self, pool: PoolDefinition) -> bool:
+        return os.path.isdir(self.target_path(pool))
+
+    async def build(self, pool: PoolDefinition, overwrite: bool) -> None:
+        await asyncio.to_thread(self._make_target, pool)
+
+    async def start(self, pool: PoolDefinition) -> None:
+        await self.volume_dir(pool)
+
+    async def stop(self, pool: PoolDefinition) -> None:
+        return None
+
+    async def delete(self, pool: PoolDefinition) -> None:
+        """Remove the (empty) target directory; files in it are never destroyed."""
+        path = self.target_path(pool)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidState(f"{path} is not a directory")
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise Busy(
+                    f"pool '{pool.name}': {path} still holds files; delete its volumes first"
+                ) from None
+            if exc.errno == errno.EBUSY:
+                raise Busy(f"pool '{pool.name}': {path} is in use (a mount point?)") from None
+            raise Failed(f"cannot remove {path}: {exc.strerror}") from None
+
+    @staticmethod
+    def _stats(path: str) -> PoolStats:
+        st = os.statvfs(path)
+        capacity = st.f_blocks * st.f_frsize
+        return PoolStats(
+            capacity=capacity,
+            allocation=capacity - st.f_bfree * st.f_frsize,
+            available=st.f_bavail * st.f_frsize,
+        )
+
+    async def stats(self, pool: PoolDefinition) -> PoolStats:
+        """Capacity figures without listing the volumes (cheap after a volume change)."""
+        return await asyncio.to_thread(self._stats, await self.volume_dir(pool))
+
+    async def refresh(self, pool: PoolDefinition) -> RefreshResult:
+        path = await self.volume_dir(pool)
+        stats = await asyncio.to_thread(self._stats, path)
+        return RefreshResult(stats=stats, volumes=await file_volumes.list_volumes(path))
+
+    # -- volumes -------------------------------------------------------------
+    def _check_format(self, vol: VolumeDefinition) -> None:
+        fmt = (vol.format or self.default_volume_format or "raw").lower()
+        if fmt not in self.volume_formats:
+            raise InvalidArgument(
+                f"pool type '{self.type_name}' does not support volume format '{fmt}' "
+                f"(supported: {', '.join(self.volume_formats)})"
+            )
+
+    async def create_volume(
+        self, pool: PoolDefinition, vol: VolumeDefinition
+    ) -> VolumeDefinition:
+        self._check_format(vol)
+        return await file_volumes.create_volume(await self.volume_dir(pool), vol)
+
+    async def create_volume_from(
+        self, pool: PoolDefinition, vol: VolumeDefinition, source: VolumeDefinition
+    ) -> VolumeDefinition:
+        self._check_format(vol)
+        return await file_volumes.clone_volume(await self.volume_dir(pool), vol, source)
+
+    async def delete_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
+        await file_volumes.delete_volume(await self._volume_path(pool, vol))
+
+    async def resize_volume(
+        self, pool: PoolDefinition, vol: VolumeDefinition, capacity: int, shrink: bool
+    ) -> VolumeDefinition:
+        return await file_volumes.resize_volume(
+            await self._volume_path(pool, vol), capacity, shrink
+        )
+
+    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
+        await file_volumes.wipe_volume(await self._volume_path(pool, vol))
+
+    async def volume_info(self, pool: PoolDefinition, name: str) -> VolumeDefinition:
+        try:
+            return await file_volumes.volume_info(await self.volume_dir(pool), name)
+        except NotFound:
+            raise NotFound(f"pool '{pool.name}' has no volume '{name}'") from None

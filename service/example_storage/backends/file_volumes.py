@@ -1,0 +1,794 @@
+"""Volumes that are files in one directory: shared by the dir, fs and netfs pools.
+
+Every function takes the pool's directory and a volume *name* (or a path the backend
+built as ``pool_dir/name``); nothing here trusts a path from a caller's XML. New
+volumes are made under a hidden temporary name in the same directory and then
+linked into place without replacing anything, so a failed or concurrent create
+leaves no partial file under the volume's name. Slow file work runs in a thread
+that stops when the awaiting task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    AlreadyExists,
+    Cancelled,
+    CommandFailed,
+    Failed,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    NotSupported,
+)
+from ..model.definitions import BackingStore, Permissions, VolumeDefinition
+from ..model.names import validate_name
+from ..system import qemu_img
+from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".es-tmp-"
+RAW_FORMATS = ("raw",)
+QEMU_FORMATS = ("qcow2", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc")
+FORMATS = RAW_FORMATS + QEMU_FORMATS
+MAX_CAPACITY = 2**63 - 1
+DEFAULT_VOLUME_MODE = 0o600
+_COPY_CHUNK = 8 * 1024 * 1024
+_ZERO_CHUNK = 1024 * 1024
+_QEMU_INFO_CONCURRENCY = 4
+_MAX_BACKING_NAME = 4096
+
+Progress = Callable[[int, int], None]
+
+
+# -- small helpers -------------------------------------------------------------
+
+def check_volume_name(name: str) -> str:
+    validate_name(name, "volume name")
+    if name.startswith(TEMP_PREFIX):
+        raise InvalidArgument(f"volume names starting with '{TEMP_PREFIX}' are reserved")
+    return name
+
+
+def volume_path(pool_dir: str, name: str) -> str:
+    return os.path.join(pool_dir, check_volume_name(name))
+
+
+def _check_capacity(capacity: int | None) -> int:
+    if capacity is None or capacity == 0:
+        raise InvalidArgument("volume capacity must be given and larger than 0")
+    if capacity < 0:
+        raise InvalidArgument(f"volume capacity must not be negative: {capacity}")
+    if capacity > MAX_CAPACITY:
+        raise InvalidArgument(f"volume capacity {capacity} is larger than 2^63-1 bytes")
+    return capacity
+
+
+def free_bytes(directory: str) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _check_space(directory: str, needed: int, what: str) -> None:
+    if needed <= 0:
+        return
+    free = free_bytes(directory)
+    if needed > free:
+        raise NoSpace(f"{what} needs {needed} bytes but only {free} bytes are free in {directory}")
+
+
+def _os_error(exc: OSError, what: str) -> Exception:
+    """Map an OSError from file work to the error a caller should see."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left on the filesystem")
+    if exc.errno == errno.EFBIG:
+        return InvalidArgument(f"{what}: larger than the filesystem's largest file")
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"{what}: {exc.strerror}")
+    return Failed(f"{what}: {exc.strerror or exc}")
+
+
+def _qemu_error(exc: CommandFailed, what: str) -> Exception:
+    text = exc.stderr.lower()
+    if "no space left" in text or "disk quota" in text:
+        return NoSpace(f"{what}: {exc.stderr.strip()}")
+    if "too large" in text or "too big" in text:
+        return InvalidArgument(f"{what}: {exc.stderr.strip()}")
+    return exc
+
+
+def _temp_path(directory: str) -> str:
+    return os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+
+
+def _unlink_quiet(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _mode_uid_gid(perms: Permissions | None, default_mode: int) -> tuple[int, int, int]:
+    mode = default_mode
+    uid = gid = -1
+    if perms is not None:
+        if perms.mode is not None and perms.mode != -1:
+            if not 0 <= perms.mode <= 0o7777:
+                raise InvalidArgument(f"invalid permission mode {perms.mode:o}")
+            mode = perms.mode
+        if perms.owner is not None and perms.owner != -1:
+            uid = perms.owner
+        if perms.group is not None and perms.group != -1:
+            gid = perms.group
+    return mode, uid, gid
+
+
+def apply_permissions(path: str, perms: Permissions | None, default_mode: int) -> None:
+    """chown (when owner/group are given and not -1), then chmod (chown clears set-id bits)."""
+    mode, uid, gid = _mode_uid_gid(perms, default_mode)
+    try:
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, mode, follow_symlinks=False)
+    except OSError as exc:
+        raise Failed(f"cannot set owner/mode of {path}: {exc.strerror}") from None
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE); a plain check-then-rename where that is missing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                       _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    os.rename(src, dst)
+
+
+def publish_noreplace(tmp: str, final: str, *, what: str) -> None:
+    """Give the finished temp file its final name, never replacing an existing one
+    (a concurrent create of the same name loses with AlreadyExists)."""
+    try:
+        try:
+            os.link(tmp, final, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            _rename_noreplace(tmp, final)   # filesystems without hard links
+            return
+    except FileExistsError:
+        raise AlreadyExists(f"{what} already exists") from None
+    except OSError as exc:
+        raise _os_error(exc, f"cannot create {what}") from None
+    os.unlink(tmp)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, progress: Progress | None = None) -> Any:
+    """Run ``fn(*args, cancel=Event, progress=cb)`` in a thread; cancelling the awaiting
+    task sets the event and waits for the thread to stop (so cleanup can follow)."""
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, done, total)
+
+    fut = loop.run_in_executor(None, functools.partial(fn, *args, cancel=cancel, progress=report))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        cancel.set()
+        with contextlib.suppress(BaseException):
+            await fut
+        raise
+
+
+# -- reading volumes -----------------------------------------------------------
+
+@dataclass
+class _Scan:
+    name: str
+    path: str          # pool_dir/name (what callers see)
+    real_path: str     # the regular file (differs when path is a symlink inside the dir)
+    st: os.stat_result
+    format: str
+    virtual_size: int | None
+    qcow: QcowHeader | None
+    backing_name: str | None
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _scan_file(pool_dir: str, name: str) -> _Scan | None:
+    """Stat and header-probe one entry; None if it is not a regular file of this dir."""
+    path = os.path.join(pool_dir, name)
+    lst = os.lstat(path)
+    real_path = path
+    if stat.S_ISLNK(lst.st_mode):
+        real_path = os.path.realpath(path)
+        if not _inside(real_path, os.path.realpath(pool_dir)):
+            return None   # never follow a symlink out of the pool
+    elif not stat.S_ISREG(lst.st_mode):
+        return None
+    fd = os.open(real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        head = os.pread(fd, HEADER_PROBE_BYTES, 0)
+        fmt, vsize = qemu_img.probe_image_format(head)
+        qcow = parse_qcow_header(head) if fmt in ("qcow", "qcow2") else None
+        backing = None
+        if qcow is not None and qcow.backing_offset and qcow.backing_size:
+            backing = qcow.backing_filename(head)
+            if backing is None and qcow.backing_size <= _MAX_BACKING_NAME:
+                raw = os.pread(fd, qcow.backing_size, qcow.backing_offset)
+                backing = raw.decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    return _Scan(name, path, real_path, st, fmt, vsize, qcow, backing)
+
+
+def _resolve_backing(image_path: str, backing: str) -> str:
+    """qemu resolves a relative backing name against the image's directory."""
+    if os.path.isabs(backing) or ":" in backing.split("/", 1)[0]:
+        return backing   # absolute, or a protocol such as nbd: / json:
+    return os.path.normpath(os.path.join(os.path.dirname(image_path), backing))
+
+
+def _to_definition(scan: _Scan, info: qemu_img.ImageInfo | None = None) -> VolumeDefinition:
+    st = scan.st
+    capacity = scan.virtual_size if scan.virtual_size is not None else st.st_size
+    backing_name = scan.backing_name
+    backing_fmt = scan.qcow.backing_format if scan.qcow else None
+    compat = scan.qcow.compat if scan.qcow and scan.format == "qcow2" else None
+    if info is not None:
+        capacity = info.virtual_size
+        backing_name = backing_name or info.backing_filename
+        backing_fmt = backing_fmt or info.backing_format
+        compat = compat or info.compat
+    backing = None
+    if backing_name:
+        backing = BackingStore(path=_resolve_backing(scan.path, backing_name), format=backing_fmt)
+    return VolumeDefinition(
+        name=scan.name,
+        type="file",
+        key=scan.path,
+        path=scan.path,
+        capacity=capacity,
+        allocation=st.st_blocks * 512,
+        physical=st.st_size,
+        format=scan.format,
+        permissions=Permissions(mode=stat.S_IMODE(st.st_mode), owner=st.st_uid, group=st.st_gid),
+        compat=compat,
+        backing_store=backing,
+    )
+
+
+def _needs_qemu_info(scan: _Scan) -> bool:
+    return scan.format not in ("raw", "qcow2", "qcow") or scan.virtual_size is None
+
+
+async def _describe(scan: _Scan, sem: asyncio.Semaphore | None = None) -> VolumeDefinition:
+    info = None
+    if _needs_qemu_info(scan):
+        try:
+            if sem is None:
+                info = await qemu_img.info(scan.real_path, scan.format)
+            else:
+                async with sem:
+                    info = await qemu_img.info(scan.real_path, scan.format)
+        except (CommandFailed, NotSupported, Failed) as exc:
+            log.info("qemu-img info %s: %s", scan.real_path, exc)
+    return _to_definition(scan, info)
+
+
+def _listable_name(name: str) -> bool:
+    if name.startswith(TEMP_PREFIX):
+        return False
+    try:
+        name.encode("utf-8")   # D-Bus strings must be UTF-8: skip undecodable names
+        validate_name(name)
+    except (UnicodeEncodeError, InvalidArgument):
+        return False
+    return True
+
+
+def _scan_dir(pool_dir: str) -> list[_Scan]:
+    scans = []
+    with os.scandir(pool_dir) as it:
+        for entry in it:
+            if not _listable_name(entry.name):
+                continue
+            try:
+                scan = _scan_file(pool_dir, entry.name)
+            except OSError as exc:   # vanished meanwhile, unreadable, ...
+                log.info("skipping %s: %s", entry.path, exc)
+                continue
+            if scan is not None:
+                scans.append(scan)
+    scans.sort(key=lambda s: s.name)
+    return scans
+
+
+async def list_volumes(pool_dir: str) -> list[VolumeDefinition]:
+    """Every volume file in ``pool_dir``, sorted by name."""
+    try:
+        scans = await asyncio.to_thread(_scan_dir, pool_dir)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot list {pool_dir}") from None
+    sem = asyncio.Semaphore(_QEMU_INFO_CONCURRENCY)
+    return list(await asyncio.gather(*(_describe(s, sem) for s in scans)))
+
+
+async def _scan_or_notfound(pool_dir: str, name: str) -> _Scan:
+    try:
+        scan = await asyncio.to_thread(_scan_file, pool_dir, name)
+    except FileNotFoundError:
+        scan = None
+    except OSError as exc:
+        raise _os_error(exc, f"cannot read volume '{name}'") from None
+    if scan is None:
+        raise NotFound(f"no volume '{name}' in {pool_dir}")
+    return scan
+
+
+async def volume_info(pool_dir: str, name: str) -> VolumeDefinition:
+    """One volume, read afresh; NotFound if ``pool_dir/name`` is not a volume file."""
+    check_volume_name(name)
+    return await _describe(await _scan_or_notfound(pool_dir, name))
+
+
+# -- create --------------------------------------------------------------------
+
+def _set_nocow(fd: int) -> None:
+    """chattr +C (btrfs); must happen while the file is empty. Best effort."""
+    import fcntl
+    import struct
+
+    fs_ioc_getflags, fs_ioc_setflags, fs_nocow_fl = 0x80086601, 0x40086602, 0x00800000
+    try:
+        buf = fcntl.ioctl(fd, fs_ioc_getflags, struct.pack("l", 0))
+        flags = struct.unpack("l", buf)[0] | fs_nocow_fl
+        fcntl.ioctl(fd, fs_ioc_setflags, struct.pack("l", flags))
+    except OSError:
+        pass
+
+
+def _create_raw(
+    path: str, capacity: int, allocation: int, nocow: bool, *,
+    cancel: threading.Event, progress: Progress,
+) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if nocow:
+            _set_nocow(fd)
+        try:
+            os.ftruncate(fd, capacity)
+        except OSError as exc:
+            if exc.errno in (errno.EFBIG, errno.EINVAL):
+                raise InvalidArgument(
+                    f"capacity {capacity} is beyond the largest file the filesystem "
+                    f"of {os.path.dirname(path)} supports"
+                ) from None
+            raise _os_error(exc, "cannot size the new volume") from None
+        if allocation > 0:
+            try:
+                os.posix_fallocate(fd, 0, allocation)
+            except OSError as exc:
+                raise _os_error(exc, f"cannot allocate {allocation} bytes") from None
+            progress(allocation, allocation)
+    finally:
+        os.close(fd)
+
+
+def _header_format(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return qemu_img.probe_image_format(f.read(HEADER_PROBE_BYTES))[0]
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read backing file {path}: {exc.strerror}") from None
+
+
+def _qemu_create_options(vol: VolumeDefinition, fmt: str) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    if fmt == "qcow2":
+        for feature in vol.features or []:
+            if feature != "lazy_refcounts":
+                raise InvalidArgument(f"unsupported qcow2 feature '{feature}'")
+            opts["lazy_refcounts"] = "on"
+        if vol.nocow:
+            opts["nocow"] = "on"
+    return opts
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InvalidArgument(
+            f"unsupported volume format '{fmt}' (supported: {', '.join(FORMATS)})"
+        )
+    return fmt
+
+
+async def create_volume(
+    pool_dir: str, vol: VolumeDefinition, *, preallocation: str | None = None,
+    progress: Progress | None = None,
+) -> VolumeDefinition:
+    """Create ``pool_dir/vol.name``: a sparse raw file (``vol.allocation`` bytes allocated),
+    or an image made by qemu-img (qcow2 with backing store, compat, features ...).
+
+    ``preallocation`` ('off', 'metadata', 'falloc', 'full') applies to qemu formats.
+    """
+    name = check_volume_name(vol.name)
+    fmt = _check_format((vol.format or "raw").lower())
+    capacity = _check_capacity(vol.capacity)
+    if vol.encryption_format:
+        raise NotSupported("encrypted volumes are not supported yet")
+    if preallocation not in (None, "off", "metadata", "falloc", "full"):
+        raise InvalidArgument(f"invalid preallocation '{preallocation}'")
+    final = os.path.join(pool_dir, name)
+    if os.path.lexists(final):
+        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
+    _mode_uid_gid(vol.permissions, DEFAULT_VOLUME_MODE)   # validate before any work
+
+    if fmt == "raw":
+        allocation = min(max(vol.allocation or 0, 0), capacity)
+        _check_space(pool_dir, allocation, f"allocating {allocation} bytes for '{name}'")
+    else:
+        allocation = 0
+        if preallocation in ("falloc", "full"):
+            _check_space(pool_dir, capacity, f"preallocating '{name}'")
+
+    tmp = _temp_path(pool_dir)
+    try:
+        if fmt == "raw":
+            await _in_thread(_create_raw, tmp, capacity, allocation, vol.nocow, progress=progress)
+        else:
+            backing = backing_fmt = None
+            if vol.backing_store is not None and vol.backing_store.path:
+                backing = vol.backing_store.path
+                backing_fmt = vol.backing_store.format or await asyncio.to_thread(
+                    _header_format, _resolve_backing(final, backing)
+                )
+            try:
+                await qemu_img.create(
+                    tmp, fmt, capacity, backing, backing_fmt,
+                    preallocation=preallocation,
+                    compat=vol.compat if fmt == "qcow2" else None,
+                    options=_qemu_create_options(vol, fmt),
+                )
+            except CommandFailed as exc:
+                raise _qemu_error(exc, f"cannot create volume '{name}'") from None
+        apply_permissions(tmp, vol.permissions, DEFAULT_VOLUME_MODE)
+        publish_noreplace(tmp, final, what=f"volume '{name}'")
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return await volume_info(pool_dir, name)
+
+
+# -- delete / resize -------------------------------------------------------------
+
+async def delete_volume(path: str) -> None:
+    """Remove the volume file ``path`` (a symlink volume: the link, not its target)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"{path} is a directory, not a volume")
+        os.unlink(path)
+    except FileNotFoundError:
+        raise NotFound(f"volume {path} does not exist") from None
+    except OSError as exc:
+        raise _os_error(exc, f"cannot delete {path}") from None
+
+
+def _truncate(path: str, old: int, new: int, allocate: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, new)
+        if allocate and new > old:
+            os.posix_fallocate(fd, old, new - old)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot resize {path} to {new} bytes") from None
+    finally:
+        os.close(fd)
+
+
+async def resize_volume(
+    path: str, capacity: int, shrink: bool, *, allocate: bool = False
+) -> VolumeDefinition:
+    """Set the volume's capacity. Shrinking needs ``shrink``; ``allocate`` also
+    allocates the added space (and so checks that the filesystem has it)."""
+    _check_capacity(capacity)
+    pool_dir, name = os.path.split(path)
+    scan = await _scan_or_notfound(pool_dir, name)
+    current = (await _describe(scan)).capacity or 0
+    if capacity == current:
+        return await volume_info(pool_dir, name)
+    if capacity < current and not shrink:
+        raise InvalidArgument(
+            f"new capacity {capacity} is smaller than the current {current} of '{name}'; "
+            "use option 'shrink' to shrink it (data beyond the new end is lost)"
+        )
+    grow = capacity > current
+    if allocate and grow:
+        _check_space(pool_dir, capacity - current, f"growing '{name}'")
+    if scan.format == "raw":
+        await asyncio.to_thread(_truncate, scan.real_path, current, capacity, allocate)
+    else:
+        try:
+            await qemu_img.resize(
+                scan.real_path, capacity, scan.format, shrink=not grow,
+                preallocation="falloc" if allocate and grow else None,
+            )
+        except CommandFailed as exc:
+            raise _qemu_error(exc, f"cannot resize '{name}'") from None
+    return await volume_info(pool_dir, name)
+
+
+# -- sparse-aware data walking ---------------------------------------------------
+
+def data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the parts of ``fd`` that hold data; all of it if the
+    filesystem (or a block device) cannot tell holes apart."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, size
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def _copy_range(
+    src: int, dst: int, start: int, end: int, state: dict[str, Any],
+    cancel: threading.Event,
+) -> None:
+    off = start
+    while off < end:
+        if cancel.is_set():
+            raise Cancelled("copy cancelled")
+        n = min(_COPY_CHUNK, end - off)
+        if state["cfr"]:
+            try:
+                copied = os.copy_file_range(src, dst, n, off, off)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_FILE_RANGE:
+                    raise
+                state["cfr"] = False
+                continue
+        else:
+            buf = os.pread(src, n, off)
+            copied = len(buf)
+            if buf.count(0) != copied:   # all-zero chunks stay holes
+                _pwrite_all(dst, buf, off)
+        if copied == 0:
+            return   # the source ended early
+        off += copied
+        state["done"] += copied
+
+
+def _sparse_copy(
+    src_path: str, dst_path: str, src_size: int, capacity: int, *,
+    cancel: threading.Event, progress: Progress,
+) -> None:
+    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(
+            dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            os.ftruncate(dst, src_size)
+            state: dict[str, Any] = {"cfr": hasattr(os, "copy_file_range"), "done": 0}
+            for start, end in data_segments(src, src_size):
+                _copy_range(src, dst, start, end, state, cancel)
+                progress(end, src_size)
+            if capacity > src_size:
+                os.ftruncate(dst, capacity)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot copy {src_path}") from None
+    finally:
+        os.close(src)
+
+
+def _zero_data(path: str, *, cancel: threading.Event, progress: Progress) -> None:
+    """Overwrite every data region of ``path`` with zeroes (holes already read as
+    zeroes and stay holes); the size does not change."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        zero = bytes(_ZERO_CHUNK)
+        for start, end in list(data_segments(fd, size)):
+            off = start
+            while off < end:
+                if cancel.is_set():
+                    raise Cancelled("wipe cancelled")
+                n = min(_ZERO_CHUNK, end - off)
+                _pwrite_all(fd, memoryview(zero)[:n], off)
+                off += n
+            progress(end, size)
+        os.fsync(fd)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot wipe {path}") from None
+    finally:
+        os.close(fd)
+
+
+# -- wipe ------------------------------------------------------------------------
+
+async def wipe_volume(path: str, *, progress: Progress | None = None) -> None:
+    """Make the volume read as zeroes, keeping its capacity.
+
+    raw: zeroes written in place over its data. Image formats: replaced by an empty
+    image of the same format, virtual size and backing file (owner and mode kept).
+    """
+    pool_dir, name = os.path.split(path)
+    scan = await _scan_or_notfound(pool_dir, name)
+    if scan.format == "raw":
+        await _in_thread(_zero_data, scan.real_path, progress=progress)
+        return
+    vol = await _describe(scan)
+    real_dir = os.path.dirname(scan.real_path)
+    tmp = _temp_path(real_dir)
+    backing = scan.backing_name
+    backing_fmt = vol.backing_store.format if vol.backing_store else None
+    if backing and not backing_fmt:
+        backing_fmt = await asyncio.to_thread(
+            _header_format, _resolve_backing(scan.path, backing)
+        )
+    opts: dict[str, str] = {}
+    if scan.format == "qcow2" and scan.qcow and scan.qcow.cluster_size:
+        opts["cluster_size"] = str(scan.qcow.cluster_size)
+    try:
+        try:
+            await qemu_img.create(
+                tmp, scan.format, vol.capacity or 0, backing, backing_fmt,
+                compat=vol.compat if scan.format == "qcow2" else None, options=opts,
+            )
+        except CommandFailed as exc:
+            raise _qemu_error(exc, f"cannot wipe '{name}'") from None
+        apply_permissions(
+            tmp,
+            Permissions(mode=stat.S_IMODE(scan.st.st_mode), owner=scan.st.st_uid,
+                        group=scan.st.st_gid),
+            DEFAULT_VOLUME_MODE,
+        )
+        os.replace(tmp, scan.real_path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if progress is not None:
+        progress(1, 1)
+
+
+# -- clone -----------------------------------------------------------------------
+
+def _source_facts(path: str) -> tuple[str, int, int, bool]:
+    """(format, capacity, allocated bytes, is_block) of a clone source."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        is_block = stat.S_ISBLK(st.st_mode)
+        if not (is_block or stat.S_ISREG(st.st_mode)):
+            raise InvalidArgument(f"{path} is neither a file nor a block device")
+        size = os.lseek(fd, 0, os.SEEK_END) if is_block else st.st_size
+        fmt, vsize = qemu_img.probe_image_format(os.pread(fd, HEADER_PROBE_BYTES, 0))
+        allocated = size if is_block else st.st_blocks * 512
+        return fmt, (vsize if vsize is not None else size), allocated, is_block
+    finally:
+        os.close(fd)
+
+
+def _copy_timeout(size: int) -> float:
+    return 600 + size / (10 * 1024 * 1024)   # at least 10 MiB/s
+
+
+async def clone_volume(
+    pool_dir: str, new_vol: VolumeDefinition, source_vol: VolumeDefinition,
+    *, progress: Progress | None = None,
+) -> VolumeDefinition:
+    """Create ``pool_dir/new_vol.name`` holding a copy of ``source_vol`` (its ``path``,
+    which comes from the service's own records: a file or a block device).
+
+    raw to raw is a sparse-aware copy; anything else goes through qemu-img convert.
+    The new capacity is at least the source's; a larger one extends the copy.
+    """
+    name = check_volume_name(new_vol.name)
+    dst_fmt = _check_format((new_vol.format or "raw").lower())
+    src_path = source_vol.path or source_vol.key
+    if not src_path:
+        raise InvalidArgument(f"source volume '{source_vol.name}' has no path")
+    if new_vol.encryption_format:
+        raise NotSupported("encrypted volumes are not supported yet")
+    try:
+        src_fmt, src_capacity, src_alloc, _is_block = await asyncio.to_thread(
+            _source_facts, src_path
+        )
+    except FileNotFoundError:
+        raise NotFound(f"source volume {src_path} does not exist") from None
+    except OSError as exc:
+        raise _os_error(exc, f"cannot read source volume {src_path}") from None
+    if src_fmt not in FORMATS:
+        raise NotSupported(f"cannot clone a '{src_fmt}' volume")
+    capacity = max(new_vol.capacity or 0, src_capacity)
+    if capacity > MAX_CAPACITY:
+        raise InvalidArgument(f"volume capacity {capacity} is larger than 2^63-1 bytes")
+    final = os.path.join(pool_dir, name)
+    if os.path.lexists(final):
+        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
+    _mode_uid_gid(new_vol.permissions, DEFAULT_VOLUME_MODE)
+    _check_space(pool_dir, src_alloc, f"cloning into '{name}'")
+
+    tmp = _temp_path(pool_dir)
+    try:
+        if src_fmt == "raw" and dst_fmt == "raw":
+            await _in_thread(_sparse_copy, src_path, tmp, src_capacity, capacity,
+                             progress=progress)
+        else:
+            opts = {"compat": new_vol.compat} if dst_fmt == "qcow2" and new_vol.compat else {}
+            try:
+                await qemu_img.convert(src_path, src_fmt, tmp, dst_fmt, options=opts,
+                                       timeout=_copy_timeout(src_capacity))
+                if capacity > src_capacity:
+                    await qemu_img.resize(tmp, capacity, dst_fmt)
+            except CommandFailed as exc:
+                raise _qemu_error(exc, f"cannot clone into '{name}'") from None
+        apply_permissions(tmp, new_vol.permissions, DEFAULT_VOLUME_MODE)
+        publish_noreplace(tmp, final, what=f"volume '{name}'")
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return await volume_info(pool_dir, name)

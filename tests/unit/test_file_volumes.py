@@ -1,0 +1,402 @@
+"""File volumes (dir/fs/netfs pools) on a temporary directory."""
+
+import asyncio
+import os
+import shutil
+
+import pytest
+from example_storage.backends import file_volumes as fv
+from example_storage.backends.dir import DirBackend
+from example_storage.errors import (
+    AlreadyExists,
+    Busy,
+    CommandFailed,
+    InvalidArgument,
+    InvalidState,
+    NoSpace,
+    NotFound,
+)
+from example_storage.model.definitions import (
+    BackingStore,
+    Permissions,
+    PoolDefinition,
+    PoolTarget,
+    VolumeDefinition,
+)
+from example_storage.system import qemu_img
+from example_storage.system.runner import run_command
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+
+def _vol(name, capacity=16 * MiB, **kw):
+    return VolumeDefinition(name=name, capacity=capacity, **kw)
+
+
+def _entries(path):
+    return sorted(os.listdir(path))
+
+
+# -- create ----------------------------------------------------------------------
+
+async def test_create_sparse_raw(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("a.img", 1 * GiB))
+    path = tmp_path / "a.img"
+    assert vol.path == vol.key == str(path)
+    assert vol.type == "file" and vol.format == "raw"
+    assert vol.capacity == 1 * GiB == path.stat().st_size
+    assert vol.allocation < 64 * 1024
+    assert vol.permissions.mode == 0o600
+    assert vol.permissions.owner == os.geteuid()
+    assert _entries(tmp_path) == ["a.img"]
+
+
+async def test_create_raw_with_allocation_and_mode(tmp_path):
+    vol = await fv.create_volume(
+        str(tmp_path),
+        _vol("b.img", 64 * MiB, allocation=8 * MiB, permissions=Permissions(mode=0o640)),
+    )
+    assert vol.capacity == 64 * MiB
+    assert 8 * MiB <= vol.allocation < 9 * MiB
+    assert vol.permissions.mode == 0o640
+    assert (tmp_path / "b.img").stat().st_mode & 0o7777 == 0o640
+
+
+async def test_allocation_clamped_to_capacity(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("c.img", 1 * MiB, allocation=4 * MiB))
+    assert vol.capacity == 1 * MiB
+    assert vol.allocation <= 1 * MiB + 64 * 1024
+
+
+@needs_qemu_img
+async def test_create_qcow2_with_backing(tmp_path):
+    base = await fv.create_volume(str(tmp_path), _vol("base.raw", 10 * MiB))
+    over = await fv.create_volume(
+        str(tmp_path),
+        _vol("over.qcow2", 20 * MiB, format="qcow2", compat="1.1",
+             backing_store=BackingStore(path=base.path, format="raw")),
+    )
+    assert over.format == "qcow2"
+    assert over.capacity == 20 * MiB
+    assert over.compat == "1.1"
+    assert over.backing_store is not None
+    assert over.backing_store.path == base.path
+    assert over.backing_store.format == "raw"
+    info = await qemu_img.info(over.path, "qcow2")
+    assert info.virtual_size == 20 * MiB and info.backing_filename == base.path
+    # The listing reads the same from the header, without qemu-img.
+    listed = {v.name: v for v in await fv.list_volumes(str(tmp_path))}
+    assert listed["over.qcow2"].capacity == 20 * MiB
+    assert listed["over.qcow2"].backing_store.path == base.path
+    assert listed["base.raw"].format == "raw"
+
+
+@needs_qemu_img
+async def test_create_qcow2_backing_format_probed(tmp_path):
+    await fv.create_volume(str(tmp_path), _vol("base.qcow2", 8 * MiB, format="qcow2"))
+    over = await fv.create_volume(
+        str(tmp_path),
+        _vol("top.qcow2", 8 * MiB, format="qcow2",
+             backing_store=BackingStore(path=str(tmp_path / "base.qcow2"))),
+    )
+    assert over.backing_store.format == "qcow2"
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("fmt", ["vmdk", "vdi", "qed", "vpc", "vhdx"])
+async def test_create_other_qemu_formats(tmp_path, fmt):
+    vol = await fv.create_volume(str(tmp_path), _vol(f"x.{fmt}", 8 * MiB, format=fmt))
+    assert vol.format == fmt
+    assert vol.capacity >= 8 * MiB
+
+
+async def test_create_refusals(tmp_path):
+    d = str(tmp_path)
+    await fv.create_volume(d, _vol("a"))
+    with pytest.raises(AlreadyExists):
+        await fv.create_volume(d, _vol("a"))
+    with pytest.raises(InvalidArgument):
+        await fv.create_volume(d, _vol("z", None))
+    with pytest.raises(InvalidArgument):
+        await fv.create_volume(d, _vol("z", 0))
+    with pytest.raises(InvalidArgument, match="2\\^63"):
+        await fv.create_volume(d, _vol("z", 2**63))
+    with pytest.raises(InvalidArgument, match="unsupported volume format"):
+        await fv.create_volume(d, _vol("z", format="bogus"))
+    for bad in ("", ".", "..", "x/y", "-x", fv.TEMP_PREFIX + "x"):
+        with pytest.raises(InvalidArgument):
+            await fv.create_volume(d, _vol(bad))
+    assert _entries(tmp_path) == ["a"]
+
+
+async def test_capacity_beyond_the_filesystem(tmp_path):
+    # ext4/xfs cap a file far below 2^63-1: ftruncate fails with EFBIG.
+    with pytest.raises((InvalidArgument, NoSpace), match="largest file"):
+        await fv.create_volume(str(tmp_path), _vol("huge", 2**63 - 1))
+    assert _entries(tmp_path) == []
+
+
+async def test_nospace_for_allocation(tmp_path):
+    free = fv.free_bytes(str(tmp_path))
+    too_much = free + 1 * GiB
+    with pytest.raises(NoSpace):
+        await fv.create_volume(str(tmp_path), _vol("big", too_much, allocation=too_much))
+    assert _entries(tmp_path) == []
+
+
+@needs_qemu_img
+async def test_failed_create_leaves_nothing(tmp_path):
+    with pytest.raises(CommandFailed):
+        await fv.create_volume(
+            str(tmp_path),
+            _vol("o.qcow2", format="qcow2",
+                 backing_store=BackingStore(path=str(tmp_path / "missing"), format="raw")),
+        )
+    assert _entries(tmp_path) == []
+
+
+async def test_concurrent_creates_one_wins(tmp_path):
+    results = await asyncio.gather(
+        *(fv.create_volume(str(tmp_path), _vol("same", 1 * MiB)) for _ in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, VolumeDefinition) for r in results) == 1
+    assert all(isinstance(r, AlreadyExists) for r in results if not isinstance(r, VolumeDefinition))
+    assert _entries(tmp_path) == ["same"]
+
+
+# -- list ------------------------------------------------------------------------
+
+async def test_list_skips_non_files_and_outside_symlinks(tmp_path, tmp_path_factory):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    outside = tmp_path_factory.mktemp("outside") / "secret"
+    outside.write_bytes(b"x" * 100)
+    (pool / "vol").write_bytes(b"y" * 4096)
+    (pool / "subdir").mkdir()
+    (pool / "escape").symlink_to(outside)
+    (pool / "inner").symlink_to(pool / "vol")
+    (pool / (fv.TEMP_PREFIX + "abc")).write_bytes(b"")
+    os.mkfifo(pool / "fifo")
+    vols = await fv.list_volumes(str(pool))
+    assert [v.name for v in vols] == ["inner", "vol"]
+    assert vols[1].capacity == 4096 and vols[1].path == str(pool / "vol")
+
+
+# -- resize ----------------------------------------------------------------------
+
+async def test_resize_raw(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("r", 16 * MiB))
+    grown = await fv.resize_volume(vol.path, 32 * MiB, shrink=False)
+    assert grown.capacity == 32 * MiB == os.path.getsize(vol.path)
+    with pytest.raises(InvalidArgument, match="shrink"):
+        await fv.resize_volume(vol.path, 8 * MiB, shrink=False)
+    assert os.path.getsize(vol.path) == 32 * MiB
+    shrunk = await fv.resize_volume(vol.path, 8 * MiB, shrink=True)
+    assert shrunk.capacity == 8 * MiB == os.path.getsize(vol.path)
+    with pytest.raises(NotFound):
+        await fv.resize_volume(str(tmp_path / "nope"), 8 * MiB, shrink=True)
+
+
+async def test_resize_allocate_checks_space(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("r", 1 * MiB))
+    huge = fv.free_bytes(str(tmp_path)) + 1 * GiB
+    with pytest.raises(NoSpace):
+        await fv.resize_volume(vol.path, huge, shrink=False, allocate=True)
+    grown = await fv.resize_volume(vol.path, 4 * MiB, shrink=False, allocate=True)
+    assert grown.allocation >= 3 * MiB   # the added part is allocated
+
+
+@needs_qemu_img
+async def test_resize_qcow2(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("q", 16 * MiB, format="qcow2"))
+    assert (await fv.resize_volume(vol.path, 64 * MiB, shrink=False)).capacity == 64 * MiB
+    with pytest.raises(InvalidArgument, match="shrink"):
+        await fv.resize_volume(vol.path, 32 * MiB, shrink=False)
+    assert (await fv.resize_volume(vol.path, 32 * MiB, shrink=True)).capacity == 32 * MiB
+
+
+# -- wipe ------------------------------------------------------------------------
+
+async def test_wipe_raw_zeroes_and_keeps_size(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("w", 8 * MiB))
+    with open(vol.path, "r+b") as f:
+        f.seek(3 * MiB + 5)
+        f.write(b"secret" * 1000)
+        f.seek(8 * MiB - 10)
+        f.write(b"tail")
+    await fv.wipe_volume(vol.path)
+    with open(vol.path, "rb") as f:
+        data = f.read()
+    assert len(data) == 8 * MiB
+    assert data.count(0) == len(data)
+
+
+@needs_qemu_img
+async def test_wipe_qcow2_recreates_empty_image(tmp_path):
+    base = await fv.create_volume(str(tmp_path), _vol("base", 4 * MiB))
+    vol = await fv.create_volume(
+        str(tmp_path),
+        _vol("q", 8 * MiB, format="qcow2", permissions=Permissions(mode=0o640),
+             backing_store=BackingStore(path=base.path, format="raw")),
+    )
+    await run_command(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 1M", vol.path])
+    before = (await fv.volume_info(str(tmp_path), "q")).allocation
+    await fv.wipe_volume(vol.path)
+    after = await fv.volume_info(str(tmp_path), "q")
+    assert after.capacity == 8 * MiB and after.format == "qcow2"
+    assert after.backing_store.path == base.path
+    assert after.permissions.mode == 0o640
+    assert after.allocation < before
+    assert _entries(tmp_path) == ["base", "q"]
+
+
+# -- clone -----------------------------------------------------------------------
+
+async def _sparse_source(directory):
+    src = await fv.create_volume(str(directory), _vol("src", 1 * GiB))
+    with open(src.path, "r+b") as f:
+        f.seek(100 * MiB)
+        f.write(os.urandom(MiB))
+        f.seek(700 * MiB)
+        f.write(os.urandom(MiB))
+    return await fv.volume_info(str(directory), "src")
+
+
+def _segments(path):
+    """Data extents of a file, read with lseek(SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos, found = os.fstat(fd).st_size, 0, []
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            pos = os.lseek(fd, start, os.SEEK_HOLE)
+            found.append((start, pos))
+        return size, found
+    finally:
+        os.close(fd)
+
+
+def _same_bytes(a, b):
+    """Byte-for-byte equal: outside both files' data extents both read as zeroes,
+    so comparing the union of the extents is enough (and fast on a 1 GiB file)."""
+    size_a, seg_a = _segments(a)
+    size_b, seg_b = _segments(b)
+    if size_a != size_b:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for start, end in sorted(seg_a + seg_b):
+            fa.seek(start)
+            fb.seek(start)
+            if fa.read(end - start) != fb.read(end - start):
+                return False
+    return True
+
+
+async def test_clone_raw_keeps_holes(tmp_path):
+    src = await _sparse_source(tmp_path)
+    clone = await fv.clone_volume(str(tmp_path), _vol("copy", None), src)
+    assert clone.capacity == 1 * GiB
+    assert clone.allocation < 4 * MiB
+    assert _same_bytes(src.path, clone.path)
+    assert _entries(tmp_path) == ["copy", "src"]
+
+
+async def test_clone_read_write_fallback_keeps_holes(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "copy_file_range")
+    src = await _sparse_source(tmp_path)
+    clone = await fv.clone_volume(str(tmp_path), _vol("copy", None), src)
+    assert clone.allocation < 4 * MiB
+    assert _same_bytes(src.path, clone.path)
+
+
+async def test_clone_extends_to_larger_capacity(tmp_path):
+    src = await fv.create_volume(str(tmp_path), _vol("s", 4 * MiB))
+    with open(src.path, "r+b") as f:
+        f.write(b"head")
+    clone = await fv.clone_volume(str(tmp_path), _vol("big", 16 * MiB), src)
+    assert clone.capacity == 16 * MiB
+    with open(clone.path, "rb") as f:
+        assert f.read(4) == b"head"
+    small = await fv.clone_volume(str(tmp_path), _vol("small", 1 * MiB), src)
+    assert small.capacity == 4 * MiB   # never smaller than the source (like libvirt)
+    with pytest.raises(AlreadyExists):
+        await fv.clone_volume(str(tmp_path), _vol("big", None), src)
+
+
+@needs_qemu_img
+async def test_clone_raw_to_qcow2_and_back(tmp_path):
+    src = await fv.create_volume(str(tmp_path), _vol("src", 32 * MiB))
+    with open(src.path, "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(os.urandom(MiB))
+    q = await fv.clone_volume(str(tmp_path), _vol("q", None, format="qcow2"), src)
+    assert q.format == "qcow2" and q.capacity == 32 * MiB
+    assert await qemu_img.compare(src.path, q.path, "raw", "qcow2")
+    r = await fv.clone_volume(str(tmp_path), _vol("r", 48 * MiB, format="raw"), q)
+    assert r.format == "raw" and r.capacity == 48 * MiB
+    with open(src.path, "rb") as a, open(r.path, "rb") as b:
+        assert a.read() == b.read(32 * MiB)
+
+
+async def test_clone_missing_source(tmp_path):
+    with pytest.raises(NotFound):
+        await fv.clone_volume(
+            str(tmp_path), _vol("x", None), VolumeDefinition(name="g", path=str(tmp_path / "g"))
+        )
+    assert _entries(tmp_path) == []
+
+
+# -- delete ----------------------------------------------------------------------
+
+async def test_delete(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("d"))
+    await fv.delete_volume(vol.path)
+    assert _entries(tmp_path) == []
+    with pytest.raises(NotFound):
+        await fv.delete_volume(vol.path)
+
+
+# -- the dir backend -------------------------------------------------------------
+
+async def test_dir_backend_lifecycle(tmp_path):
+    target = tmp_path / "pool" / "deep"
+    pool = PoolDefinition(type="dir", name="p", target=PoolTarget(path=str(target)))
+    backend = DirBackend()
+    assert not await backend.is_active(pool)
+    with pytest.raises(InvalidState, match="Build"):
+        await backend.start(pool)
+    await backend.build(pool, overwrite=False)
+    assert target.is_dir() and target.stat().st_mode & 0o777 == 0o711
+    await backend.start(pool)
+    assert await backend.is_active(pool)
+    # A path in the caller's XML is ignored: the volume lands in target/name.
+    vol = await backend.create_volume(
+        pool, VolumeDefinition(name="v", capacity=MiB, path="/etc/evil")
+    )
+    assert vol.path == str(target / "v")
+    result = await backend.refresh(pool)
+    assert [v.name for v in result.volumes] == ["v"]
+    assert result.stats.capacity > 0 and result.stats.available > 0
+    assert result.stats.allocation <= result.stats.capacity
+    assert (await backend.stats(pool)).capacity == result.stats.capacity
+    resized = await backend.resize_volume(pool, VolumeDefinition(name="v"), 2 * MiB, False)
+    assert resized.capacity == 2 * MiB
+    clone = await backend.create_volume_from(pool, VolumeDefinition(name="c"), vol)
+    assert clone.capacity == 2 * MiB
+    await backend.wipe_volume(pool, VolumeDefinition(name="c"))
+    with pytest.raises(Busy):
+        await backend.delete(pool)
+    await backend.delete_volume(pool, VolumeDefinition(name="v"))
+    await backend.delete_volume(pool, VolumeDefinition(name="c"))
+    with pytest.raises(NotFound):
+        await backend.volume_info(pool, "v")
+    await backend.stop(pool)
+    await backend.delete(pool)
+    assert not target.exists()
