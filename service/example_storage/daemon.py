@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import StorageError
 
 log = logging.getLogger("example_storage")
 
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         code = asyncio.run(run(args))
+    except StorageError as e:
+        log.error("cannot run: %s", e)
+        code = 1
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, for start-up errors
         log.error("cannot run: %s", e, exc_info=args.debug)
         code = 1

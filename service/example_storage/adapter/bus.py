@@ -8,14 +8,14 @@ Everything else in the adapter imports D-Bus names from here.
 import os
 
 if os.environ.get("EXAMPLE_STORAGE_DBUS") == "dbus-fast":  # pragma: no cover - optional
-    from dbus_fast import BusType, Message, MessageType, Variant
+    from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
     from dbus_fast.aio import MessageBus as _MessageBus
     from dbus_fast.errors import DBusError
     from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
     LIBRARY = "dbus-fast"
 else:
-    from dbus_next import BusType, Message, MessageType, Variant
+    from dbus_next import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
     from dbus_next.aio import MessageBus as _MessageBus
     from dbus_next.errors import DBusError
     from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
@@ -23,7 +23,8 @@ else:
     LIBRARY = "dbus-next"
 
 __all__ = [
-    "LIBRARY", "BusType", "DBusError", "Message", "MessageBus", "MessageType",
+    "LIBRARY", "BusType", "DBusError", "Message", "MessageBus", "MessageType", "NameFlag",
+    "RequestNameReply",
     "PropertyAccess", "ServiceInterface", "Variant", "dbus_property", "method", "signal",
 ]
 

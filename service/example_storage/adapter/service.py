@@ -5,8 +5,9 @@ import logging
 from ..backends.registry import all_backends
 from ..core.capabilities import capabilities_xml, supported_types
 from ..core.manager import StorageManager
+from ..errors import Failed
 from .authority import PolkitAuthority
-from .bus import MessageBus
+from .bus import MessageBus, NameFlag, RequestNameReply
 from .calls import track_callers
 from .manager_iface import ManagerInterface
 from .objects import ObjectTree
@@ -39,5 +40,7 @@ class StorageService:
             self.objects.pool_added(pool)
             for volume in list(pool.volumes.values()):
                 self.objects.volume_added(pool, volume)
-        reply = await self.bus.request_name(BUS_NAME)
-        log.info("owning %s (%s)", BUS_NAME, reply)
+        reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise Failed(f"{BUS_NAME} is owned by another process on this bus")
+        log.info("owning %s", BUS_NAME)
