@@ -12,7 +12,8 @@ async def test_define_build_start_create_resize_delete(svc):
     target = svc.workdir / "images"
     recorder = await svc.recorder()
 
-    pool = await svc.manager("DefinePool", "sa{sv}", dir_pool_xml("images", target, mode="0750"), {})
+    xml = dir_pool_xml("images", target, mode="0750")
+    pool = await svc.manager("DefinePool", "sa{sv}", xml, {})
     assert pool == "/org/example/Storage/pools/images"
     props = await svc.props(pool, POOL)
     assert props["Name"] == "images" and props["Type"] == "dir"

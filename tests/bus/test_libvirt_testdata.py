@@ -8,9 +8,9 @@ dir pool can create here are created and their XML checked against the out file.
 from pathlib import Path
 
 import pytest
+from example_storage.model.xmlsafe import xml_equivalent
 from lxml import etree
 
-from example_storage.model.xmlsafe import xml_equivalent
 from tests.bus.helpers import POOL, VOLUME
 
 TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "libvirt"

@@ -4,12 +4,12 @@ declaration is the one its documentation in introspection/ states."""
 import re
 
 import pytest
-from tests.contract.introspection import contract, documented_action
-
 from example_storage.adapter.calls import AUTH_ATTRIBUTE, PUBLIC
 from example_storage.adapter.manager_iface import ManagerInterface
 from example_storage.adapter.pool_iface import PoolInterface
 from example_storage.adapter.volume_iface import VolumeInterface
+
+from tests.contract.introspection import contract, documented_action
 
 INTERFACES = {
     "org.example.Storage.Manager": ManagerInterface,

@@ -1,0 +1,117 @@
+"""Loop devices backed by sparse image files, attached and detached one by one.
+
+Only the device this object attached is ever unmounted or detached; other loop devices
+(the host's, other test runs') are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for a space...) of /proc/self/mountinfo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_of(devnums: set[str]) -> list[str]:
+    """Mount points (deepest first) whose source device is one of ``devnums`` ("MAJ:MIN")."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[2] in devnums:
+            points.append(_unescape(fields[4]))
+    return sorted(points, key=lambda p: p.count("/"), reverse=True)
+
+
+class LoopDevice:
+    """A sparse ``image_path`` of ``size_bytes`` attached with ``losetup -f --show``."""
+
+    def __init__(self, image_path: str | os.PathLike[str], size_bytes: int) -> None:
+        self.image = Path(image_path).resolve()
+        self.size = size_bytes
+        self.path = ""
+        self.image.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.image, "wb") as f:
+            f.truncate(size_bytes)
+        self._created_image = True
+        self.path = self._attach()
+
+    def _attach(self, attempts: int = 8) -> str:
+        """``losetup -f --show``, retried: another process may grab the same free device
+        between the lookup and the attach (EBUSY)."""
+        last = ""
+        for i in range(attempts):
+            res = subprocess.run(
+                ["losetup", "-f", "--show", str(self.image)],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            )
+            if res.returncode == 0 and res.stdout.strip().startswith("/dev/loop"):
+                return res.stdout.strip()
+            last = res.stderr.strip()
+            time.sleep(0.1 * (i + 1))
+        raise RuntimeError(f"losetup -f --show {self.image} failed: {last}")
+
+    @property
+    def name(self) -> str:
+        """The kernel name, e.g. ``loop3``."""
+        return os.path.basename(self.path)
+
+    def devnums(self) -> set[str]:
+        """MAJ:MIN of the device and of its partitions (``loopNpM``, made by parted)."""
+        sysdir = Path("/sys/block") / self.name
+        nums = set()
+        for dev in [sysdir / "dev", *sysdir.glob(f"{self.name}p*/dev")]:
+            with contextlib.suppress(OSError):
+                nums.add(dev.read_text().strip())
+        return nums
+
+    def attached_here(self) -> bool:
+        """True while the device is still backed by our image (it was not detached by
+        someone else and reused)."""
+        try:
+            backing = (Path("/sys/block") / self.name / "loop" / "backing_file").read_text()
+        except OSError:
+            return False
+        return backing.strip().removesuffix(" (deleted)") == str(self.image)
+
+    def detach(self, remove_image: bool = True) -> None:
+        """Unmount whatever is still mounted from this device (or its partitions), then
+        ``losetup -d`` exactly this device; remove the image. Idempotent."""
+        if self.path and self.attached_here():
+            for point in mounts_of(self.devnums()):
+                res = subprocess.run(["umount", point], capture_output=True, text=True)
+                if res.returncode != 0:
+                    subprocess.run(["umount", "-l", point], capture_output=True, text=True)
+            subprocess.run(["losetup", "-d", self.path], capture_output=True, text=True,
+                           check=True)
+        self.path = ""
+        if remove_image and self._created_image:
+            self.image.unlink(missing_ok=True)
+
+    def __enter__(self) -> LoopDevice:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        return f"LoopDevice({self.path!r}, image={str(self.image)!r})"
