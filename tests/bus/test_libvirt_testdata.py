@@ -5,19 +5,19 @@ equivalent to the matching storagepoolxml2xmlout file. Volume files whose format
 dir pool can create here are created and their XML checked against the out file.
 """
 
-from pathlib import Path
 
 import pytest
 from example_storage.model.xmlsafe import xml_equivalent
 from lxml import etree
 
 from tests.bus.helpers import POOL, VOLUME
+from tests.testdata import LIBVIRT_TESTDATA, needs_testdata
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "libvirt"
+TESTDATA = LIBVIRT_TESTDATA
 POOL_IN = sorted((TESTDATA / "storagepoolxml2xmlin").glob("*.xml"))
 VOL_IN = sorted((TESTDATA / "storagevolxml2xmlin").glob("*.xml"))
 
-pytestmark = pytest.mark.skipif(not TESTDATA.is_dir(), reason=f"{TESTDATA} not present")
+pytestmark = needs_testdata("storagepoolxml2xmlin")
 
 
 @pytest.mark.parametrize("path", POOL_IN, ids=lambda p: p.name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 from example_storage.errors import InvalidArgument
@@ -26,10 +25,12 @@ from example_storage.model.poolxml import (
 )
 from example_storage.model.xmlsafe import canonical, xml_equivalent
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/libvirt"
+from tests.testdata import LIBVIRT_TESTDATA, needs_testdata
+
+TESTDATA = LIBVIRT_TESTDATA
 IN_DIR = TESTDATA / "storagepoolxml2xmlin"
 OUT_DIR = TESTDATA / "storagepoolxml2xmlout"
-NEEDS_DATA = pytest.mark.skipif(not IN_DIR.is_dir(), reason=f"libvirt test data missing: {IN_DIR}")
+NEEDS_DATA = needs_testdata("storagepoolxml2xmlin")
 IN_FILES = sorted(p.name for p in IN_DIR.glob("*.xml")) if IN_DIR.is_dir() else []
 
 UUID = "70a7eb15-6c34-ee9c-bf57-69e8e5ff3fb2"

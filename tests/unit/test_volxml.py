@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from example_storage.errors import InvalidArgument
@@ -11,10 +10,12 @@ from example_storage.model.definitions import BackingStore, Permissions, VolumeD
 from example_storage.model.volxml import format_volume_xml, parse_size, parse_volume_xml
 from example_storage.model.xmlsafe import canonical, xml_equivalent
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/libvirt"
+from tests.testdata import LIBVIRT_TESTDATA, needs_testdata
+
+TESTDATA = LIBVIRT_TESTDATA
 IN_DIR = TESTDATA / "storagevolxml2xmlin"
 OUT_DIR = TESTDATA / "storagevolxml2xmlout"
-NEEDS_DATA = pytest.mark.skipif(not IN_DIR.is_dir(), reason=f"libvirt test data missing: {IN_DIR}")
+NEEDS_DATA = needs_testdata("storagevolxml2xmlin")
 IN_FILES = sorted(p.name for p in IN_DIR.glob("*.xml")) if IN_DIR.is_dir() else []
 
 GiB = 1024**3
