@@ -184,3 +184,33 @@ async def test_set_autostart_writes_link(svc, autostart):
     await svc.call(pool, POOL, "SetAutostart", "ba{sv}", autostart, {})
     assert (await svc.props(pool, POOL))["Autostart"] is autostart
     assert (svc.config_dir / "pools" / "autostart" / "a.xml").is_symlink() is autostart
+
+
+async def test_guest_written_image_header_does_not_change_a_raw_volume(svc):
+    """A guest can write anything into a raw volume, a qcow2 header whose backing file
+    names a host file included. The volume must stay raw: no probe may follow that
+    backing file when the volume is listed or cloned."""
+    import subprocess
+
+    pool = await svc.running_dir_pool("g")
+    target = svc.workdir / "g"
+    secret = svc.workdir / "host-secret"
+    secret.write_bytes(b"TOP-SECRET" * 1000)
+    vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}",
+                         raw_volume_xml("guest.img", "16", "MiB"), {})
+    # what the "guest" writes: a qcow2 image backed by the host file, over the raw data
+    evil = svc.workdir / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw",
+                    str(evil), "16M"], check=True)
+    with open(target / "guest.img", "r+b") as f:
+        f.write(evil.read_bytes())
+
+    await svc.call(pool, POOL, "Refresh", "a{sv}", {})
+    props = await svc.props(vol, VOLUME)
+    assert props["Format"] == "raw" and props["BackingStore"] == ""
+    clone = await svc.call(pool, POOL, "CreateVolumeFrom", "soa{sv}",
+                           raw_volume_xml("copy.img", "16", "MiB"), vol, {})
+    data = (target / "copy.img").read_bytes()
+    assert b"TOP-SECRET" not in data
+    assert data == (target / "guest.img").read_bytes()
+    assert (await svc.props(clone, VOLUME))["Format"] == "raw"

@@ -225,6 +225,37 @@ class _Scan:
     backing_name: str | None
 
 
+# The format a volume was created with, kept with the file itself: a guest may write
+# an image header (with a backing file naming any host file) into a raw volume, and a
+# probe would then read that host file through the backing chain. A raw volume stays
+# raw. Filesystems without user xattrs fall back to probing, as libvirt does.
+FORMAT_XATTR = "user.example-storage.format"
+
+
+def _recorded_format(fd: int) -> str | None:
+    try:
+        value = os.getxattr(fd, FORMAT_XATTR).decode("ascii", "replace")
+    except OSError:
+        return None
+    return value if value in FORMATS else None
+
+
+def _record_format(path: str, fmt: str) -> None:
+    try:
+        os.setxattr(path, FORMAT_XATTR, fmt.encode())
+    except OSError as exc:
+        log.debug("cannot record the format of %s: %s", path, exc.strerror)
+
+
+def _probe(fd: int) -> tuple[str, int | None, bytes]:
+    """(format, virtual size, header) of an open image, trusting a recorded 'raw'."""
+    head = os.pread(fd, HEADER_PROBE_BYTES, 0)
+    if _recorded_format(fd) == "raw":
+        return "raw", None, head
+    fmt, vsize = qemu_img.probe_image_format(head)
+    return fmt, vsize, head
+
+
 def _inside(path: str, directory: str) -> bool:
     return os.path.commonpath([path, directory]) == directory
 
@@ -245,8 +276,7 @@ def _scan_file(pool_dir: str, name: str) -> _Scan | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        head = os.pread(fd, HEADER_PROBE_BYTES, 0)
-        fmt, vsize = qemu_img.probe_image_format(head)
+        fmt, vsize, head = _probe(fd)
         qcow = parse_qcow_header(head) if fmt in ("qcow", "qcow2") else None
         backing = None
         if qcow is not None and qcow.backing_offset and qcow.backing_size:
@@ -489,6 +519,7 @@ async def create_volume(
                 )
             except CommandFailed as exc:
                 raise _qemu_error(exc, f"cannot create volume '{name}'") from None
+        _record_format(tmp, fmt)
         apply_permissions(tmp, vol.permissions, DEFAULT_VOLUME_MODE)
         publish_noreplace(tmp, final, what=f"volume '{name}'")
     except BaseException:
@@ -725,7 +756,7 @@ def _source_facts(path: str) -> tuple[str, int, int, bool]:
         if not (is_block or stat.S_ISREG(st.st_mode)):
             raise InvalidArgument(f"{path} is neither a file nor a block device")
         size = os.lseek(fd, 0, os.SEEK_END) if is_block else st.st_size
-        fmt, vsize = qemu_img.probe_image_format(os.pread(fd, HEADER_PROBE_BYTES, 0))
+        fmt, vsize, _ = _probe(fd)
         allocated = size if is_block else st.st_blocks * 512
         return fmt, (vsize if vsize is not None else size), allocated, is_block
     finally:
@@ -786,6 +817,7 @@ async def clone_volume(
                     await qemu_img.resize(tmp, capacity, dst_fmt)
             except CommandFailed as exc:
                 raise _qemu_error(exc, f"cannot clone into '{name}'") from None
+        _record_format(tmp, dst_fmt)
         apply_permissions(tmp, new_vol.permissions, DEFAULT_VOLUME_MODE)
         publish_noreplace(tmp, final, what=f"volume '{name}'")
     except BaseException:
