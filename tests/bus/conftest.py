@@ -99,10 +99,15 @@ class Service:
 
 
 @pytest.fixture
-async def svc(tmp_path):
-    """The service with no polkit on its bus: only root (this test) is authorized."""
+async def svc(tmp_path, request):
+    """The service with no polkit on its bus: only root (this test) is authorized.
+
+    Indirect parametrization picks the daemon's D-Bus library: "dbus-next" (default)
+    or "dbus-fast" (the drop-in, see adapter/bus.py).
+    """
+    library = getattr(request, "param", "dbus-next")
     bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, tmp_path)
+    daemon = StorageDaemon(bus, tmp_path, env={"EXAMPLE_STORAGE_DBUS": library})
     service = Service(bus, daemon, tmp_path)
     try:
         daemon.start()
