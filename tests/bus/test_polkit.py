@@ -219,3 +219,31 @@ async def test_no_polkit_only_root_passes(svc):
                      "ListPools", "a{sv}", "0", user=user.name, check=False)
         assert res.returncode == 0, res.stderr
     assert await svc.manager("ListPools", "a{sv}", {}) == []
+
+
+async def test_subject_details_and_interaction_flag(mock_lane):
+    """What the service asks polkit: its caller as subject, pool/volume details, and
+    user interaction unless the caller passed auth.no_user_interaction."""
+    from tests.harness.client import call
+
+    svc, polkit = mock_lane
+    polkit.set_allowed(sorted({a for *_, a in MUTATING}))
+    pool = await svc.running_dir_pool("d")
+    vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}", raw_volume_xml("v", "1", "MiB"), {})
+    await call(svc.client, "/org/freedesktop/PolicyKit1/Authority", "org.freedesktop.DBus.Mock",
+               "ClearCalls", destination="org.freedesktop.PolicyKit1")
+    await svc.call(vol, VOLUME, "Resize", "ta{sv}", 2 << 20, {})
+    await svc.call(vol, VOLUME, "Resize", "ta{sv}", 3 << 20,
+                   {"auth.no_user_interaction": svc.variant("b", True)})
+    (calls,) = await call(svc.client, "/org/freedesktop/PolicyKit1/Authority",
+                          "org.freedesktop.DBus.Mock", "GetMethodCalls", "s",
+                          ["CheckAuthorization"], destination="org.freedesktop.PolicyKit1")
+    assert len(calls) == 2
+    (_, first), (_, second) = calls
+    subject, action, details, flags, _cancel = first
+    assert subject[0] == "system-bus-name"
+    assert subject[1]["name"] == svc.client.unique_name
+    assert action == "org.example.storage.volume.manage"
+    assert details == {"pool": "d", "volume": "v"}
+    assert flags == 1                      # AllowUserInteraction
+    assert second[3] == 0                  # auth.no_user_interaction honoured
