@@ -10,15 +10,16 @@ capabilities instead of failing at start-up.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import NotSupported
-from ..model.definitions import PoolDefinition, VolumeDefinition
+from ..model.definitions import PoolDefinition, PoolSource, VolumeDefinition
 
 # Feature names used in GetCapabilities and checked by core before calling.
 FEATURES = (
     "build", "start", "stop", "delete", "refresh",
     "create_volume", "create_volume_from", "delete_volume", "resize_volume", "wipe_volume",
+    "snapshot_volume", "find_sources", "add_devices", "remove_device",
 )
 
 
@@ -30,9 +31,23 @@ class PoolStats:
 
 
 @dataclass
+class PoolDevice:
+    """A device the pool is built on (an LVM physical volume, a disk), as refreshed."""
+
+    path: str
+    uuid: str = ""
+    size: int = 0
+    free: int = 0
+
+
+@dataclass
 class RefreshResult:
     stats: PoolStats
     volumes: list[VolumeDefinition]
+    # What the storage says about the pool's source now, shown by GetXMLDesc of an
+    # active pool (a disk pool's free extents, a VG's physical volumes); None: as defined.
+    source: PoolSource | None = None
+    devices: list[PoolDevice] = field(default_factory=list)
 
 
 class Backend:
@@ -100,6 +115,25 @@ class Backend:
 
     async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
         raise self._unsupported("Wipe")
+
+    async def snapshot_volume(
+        self, pool: PoolDefinition, vol: VolumeDefinition, name: str, size: int
+    ) -> VolumeDefinition:
+        raise self._unsupported("Snapshot")
+
+    # -- sources and devices ------------------------------------------------
+    async def find_sources(self, hint: PoolSource | None) -> list[PoolSource]:
+        """What storage of this type the host (or the hinted server) offers."""
+        raise self._unsupported("FindPoolSources")
+
+    async def add_devices(self, pool: PoolDefinition, devices: list[str], overwrite: bool
+                          ) -> None:
+        """Grow the pool onto more devices (an LVM VG: pvcreate + vgextend)."""
+        raise self._unsupported("AddDevices")
+
+    async def remove_device(self, pool: PoolDefinition, device: str) -> None:
+        """Take a device out of the pool, moving its data off first where possible."""
+        raise self._unsupported("RemoveDevice")
 
     async def volume_info(self, pool: PoolDefinition, name: str) -> VolumeDefinition:
         """Re-read one volume (after create/resize); default: a full refresh."""

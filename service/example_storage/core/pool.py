@@ -12,9 +12,9 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from ..backends.base import Backend, PoolStats, RefreshResult
+from ..backends.base import Backend, PoolDevice, PoolStats, RefreshResult
 from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
-from ..model.definitions import PoolDefinition, VolumeDefinition
+from ..model.definitions import PoolDefinition, PoolSource, VolumeDefinition
 from ..model.names import validate_name
 from ..model.volxml import parse_volume_xml
 
@@ -53,6 +53,8 @@ class StoragePool:
         self.state = INACTIVE
         self.stats = PoolStats()
         self.volumes: dict[str, VolumeDefinition] = {}
+        self.runtime_source: PoolSource | None = None   # as the storage reports it
+        self.devices: list[PoolDevice] = []
         self.lock = asyncio.Lock()
 
     # -- read-only views ----------------------------------------------------
@@ -82,6 +84,8 @@ class StoragePool:
         if inactive and self.persistent:
             return copy.deepcopy(self.pending_definition or self.definition)
         shown = copy.deepcopy(self.definition)
+        if self.active and self.runtime_source is not None:
+            shown.source = copy.deepcopy(self.runtime_source)
         shown.capacity = self.stats.capacity
         shown.allocation = self.stats.allocation
         shown.available = self.stats.available
@@ -143,6 +147,8 @@ class StoragePool:
         self.store.remove_state(self.name)
         self._drop_volumes()
         self.stats = PoolStats()
+        self.runtime_source = None
+        self.devices = []
         if self.pending_definition is not None:
             self.definition, self.pending_definition = self.pending_definition, None
         self.state = INACTIVE
@@ -180,6 +186,8 @@ class StoragePool:
 
     def _apply_refresh(self, result: RefreshResult) -> None:
         self.stats = result.stats
+        self.runtime_source = result.source
+        self.devices = result.devices
         fresh = {v.name: v for v in result.volumes}
         for name in list(self.volumes):
             if name not in fresh:
