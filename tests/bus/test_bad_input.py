@@ -159,3 +159,20 @@ async def test_delete_refuses_non_empty_dir(svc):
     err = await svc.call_error(pool, POOL, "Delete", "a{sv}", {})
     assert err.type == E + "Busy"
     assert (svc.workdir / "ne" / "keep").exists()
+
+
+async def test_device_and_snapshot_methods_on_a_dir_pool(svc):
+    pool = await svc.running_dir_pool("nd")
+    vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}", raw_volume_xml("v", "1", "MiB"), {})
+    err = await svc.call_error(pool, POOL, "AddDevices", "asa{sv}", ["/dev/null"], {})
+    assert err.type == E + "NotSupported", err.text
+    err = await svc.call_error(pool, POOL, "AddDevices", "asa{sv}", [], {})
+    assert err.type == E + "InvalidArgument", err.text
+    err = await svc.call_error(pool, POOL, "RemoveDevice", "sa{sv}", "/dev/null", {})
+    assert err.type == E + "NotFound", err.text
+    err = await svc.call_error(vol, VOLUME, "Snapshot", "sta{sv}", "snap", 1 << 20, {})
+    assert err.type == E + "NotSupported", err.text
+    err = await svc.call_error(vol, VOLUME, "Snapshot", "sta{sv}", "../x", 1 << 20, {})
+    assert err.type == E + "InvalidArgument", err.text
+    assert (await svc.props(pool, POOL))["Devices"] == []
+    assert sorted(p.name for p in (svc.workdir / "nd").iterdir()) == ["v"]

@@ -14,7 +14,7 @@ class PoolInterface(ExportedObject):
     PROPERTIES = (
         ("Name", "s"), ("UUID", "s"), ("Type", "s"), ("State", "s"), ("Active", "b"),
         ("Persistent", "b"), ("Autostart", "b"), ("Capacity", "t"), ("Allocation", "t"),
-        ("Available", "t"), ("TargetPath", "s"),
+        ("Available", "t"), ("TargetPath", "s"), ("Devices", "a(sstt)"),
     )
 
     def __init__(self, pool, service) -> None:
@@ -28,6 +28,7 @@ class PoolInterface(ExportedObject):
             "Active": p.active, "Persistent": p.persistent, "Autostart": p.autostart,
             "Capacity": p.stats.capacity, "Allocation": p.stats.allocation,
             "Available": p.stats.available, "TargetPath": p.target_path,
+            "Devices": [[d.path, d.uuid, d.size, d.free] for d in p.devices],
         }
 
     def auth_details(self) -> dict[str, str]:
@@ -117,6 +118,19 @@ class PoolInterface(ExportedObject):
         async with self.pool.lock:
             vol = await self.pool.create_volume_from(xml, source_vol)
         return volume_path(self.pool.name, vol.name)
+
+    @method()
+    @authorized(actions.POOL_BUILD)
+    async def AddDevices(self, devices: "as", options: "a{sv}"):
+        overwrite = option(options, "overwrite", "b", False)
+        async with self.pool.lock:
+            await self.pool.add_devices(list(devices), overwrite)
+
+    @method()
+    @authorized(actions.POOL_BUILD)
+    async def RemoveDevice(self, device: "s", options: "a{sv}"):
+        async with self.pool.lock:
+            await self.pool.remove_device(device)
 
     @signal()
     def Refreshed(self):

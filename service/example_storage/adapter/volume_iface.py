@@ -4,7 +4,7 @@ from ..model.volxml import format_volume_xml
 from . import actions
 from .bus import method
 from .calls import authorized, option, public
-from .paths import VOLUME_IFACE, pool_path
+from .paths import VOLUME_IFACE, pool_path, volume_path
 from .properties import ExportedObject, with_properties
 
 
@@ -56,6 +56,13 @@ class VolumeInterface(ExportedObject):
     async def Wipe(self, options: "a{sv}"):
         async with self.pool.lock:
             await self.pool.wipe_volume(self.volume_name)
+
+    @method()
+    @authorized(actions.VOLUME_MANAGE)
+    async def Snapshot(self, name: "s", size: "t", options: "a{sv}") -> "o":
+        async with self.pool.lock:
+            snap = await self.pool.snapshot_volume(self.volume_name, name, size)
+        return volume_path(self.pool.name, snap.name)
 
     @method()
     @public

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..backends.base import Backend, PoolDevice, PoolStats, RefreshResult
 from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
-from ..model.definitions import PoolDefinition, PoolSource, VolumeDefinition
+from ..model.definitions import PoolDefinition, PoolSource, SourceDevice, VolumeDefinition
 from ..model.names import validate_name
 from ..model.volxml import parse_volume_xml
 
@@ -261,6 +261,57 @@ class StoragePool:
         self.volumes[name] = updated
         self.listeners.volume_changed(self, updated)
         await self._update_stats()
+
+    async def snapshot_volume(self, name: str, snapshot_name: str, size: int
+                              ) -> VolumeDefinition:
+        self._require_active("Snapshot")
+        origin = self.volume(name)
+        validate_name(snapshot_name, "snapshot name")
+        if snapshot_name in self.volumes:
+            raise AlreadyExists(f"pool '{self.name}' already has a volume '{snapshot_name}'")
+        if size <= 0:
+            raise InvalidArgument("the snapshot size must be greater than 0")
+        created = await self.backend.snapshot_volume(self.definition, origin, snapshot_name, size)
+        return await self._volume_appeared(created)
+
+    # -- devices (callers hold self.lock) -----------------------------------
+    async def add_devices(self, paths: list[str], overwrite: bool) -> None:
+        """Grow the pool onto more devices; they join its definition."""
+        if self.state not in (INACTIVE, *ACTIVE_STATES):
+            raise InvalidState(f"pool '{self.name}' is {self.state}")
+        known = {d.path for d in self.definition.source.devices}
+        new = [p for p in dict.fromkeys(paths) if p not in known]
+        if not new:
+            raise InvalidArgument("no device that is not in the pool already")
+        await self.backend.add_devices(self.definition, new, overwrite)
+        self.definition.source.devices.extend(SourceDevice(path=p) for p in new)
+        await self._definition_changed()
+
+    async def remove_device(self, path: str) -> None:
+        """Take a device out of the pool (its data is moved off first, or it is refused)."""
+        if self.state not in (INACTIVE, *ACTIVE_STATES):
+            raise InvalidState(f"pool '{self.name}' is {self.state}")
+        devices = self.definition.source.devices
+        if path not in {d.path for d in devices}:
+            raise NotFound(f"{path} is not a device of pool '{self.name}'")
+        if len(devices) == 1:
+            raise InvalidState(f"{path} is the last device of pool '{self.name}'; "
+                               "delete the pool instead")
+        await self.backend.remove_device(self.definition, path)
+        self.definition.source.devices = [d for d in devices if d.path != path]
+        await self._definition_changed()
+
+    async def _definition_changed(self) -> None:
+        """Persist a definition the pool itself changed, and re-read the storage."""
+        if self.persistent:
+            target = self.pending_definition or self.definition
+            if target is not self.definition:
+                target.source.devices = copy.deepcopy(self.definition.source.devices)
+            self.store.save_config(target)
+        if self.active:
+            self.store.save_state(self.definition)
+            self._apply_refresh(await self.backend.refresh(self.definition))
+        self.listeners.pool_changed(self)
 
     async def wipe_volume(self, name: str) -> None:
         self._require_active("Wipe")
