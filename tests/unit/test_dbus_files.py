@@ -5,10 +5,9 @@ import configparser
 import shlex
 from pathlib import Path
 
-from lxml import etree
-
 from example_storage.adapter.paths import BUS_NAME
 from example_storage.daemon import parse_args
+from lxml import etree
 
 DBUS_DIR = Path(__file__).resolve().parents[2] / "dbus"
 
