@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
-import stat
 
 from ..errors import Busy, InvalidArgument, InvalidState, NotSupported
 from ..model.definitions import PoolDefinition
 from ..system import blkid, mounts
 from ..system.runner import run_command, which
+from . import device_safety
 from .dir import DirBackend
 
 MKFS_TIMEOUT = 1800.0
@@ -30,38 +29,6 @@ MKFS: dict[str, list[str]] = {
 _FSTYPE = {"hfs+": "hfsplus"}
 
 
-def _sysfs_dir(devno: int) -> str:
-    return f"/sys/dev/block/{os.major(devno)}:{os.minor(devno)}"
-
-
-def holders(devno: int) -> list[str]:
-    """Devices stacked on this one (device-mapper, md, ...), from sysfs."""
-    try:
-        return sorted(os.listdir(os.path.join(_sysfs_dir(devno), "holders")))
-    except OSError:
-        return []
-
-
-def partitions(devno: int) -> list[int]:
-    """Device numbers of this disk's partitions, from sysfs."""
-    base = _sysfs_dir(devno)
-    found = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    for name in names:
-        if not os.path.exists(os.path.join(base, name, "partition")):
-            continue
-        try:
-            with open(os.path.join(base, name, "dev")) as f:
-                major, minor = (int(x) for x in f.read().strip().split(":"))
-        except (OSError, ValueError):
-            continue
-        found.append(os.makedev(major, minor))
-    return found
-
-
 class FsBackend(DirBackend):
     type_name = "fs"
     required_tools = ("mount", "umount", "blkid")
@@ -77,24 +44,11 @@ class FsBackend(DirBackend):
         devices = pool.source.devices
         if len(devices) != 1 or not devices[0].path:
             raise InvalidArgument(f"pool '{pool.name}' needs exactly one source device")
-        path = devices[0].path
-        if not os.path.isabs(path):
-            raise InvalidArgument(f"source device '{path}' is not an absolute path")
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise InvalidArgument(f"source device {path}: {exc.strerror}") from None
-        if not stat.S_ISBLK(st.st_mode):
-            raise InvalidArgument(f"source device {path} is not a block device")
-        return path
+        return device_safety.require_block_device(devices[0].path)
 
     @staticmethod
     def _devno(device: str) -> int | None:
-        try:
-            st = os.stat(device)
-        except OSError:
-            return None
-        return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+        return device_safety.devno_of(device)
 
     def _format(self, pool: PoolDefinition) -> str:
         fmt = (pool.source.format or "auto").lower()
@@ -105,34 +59,11 @@ class FsBackend(DirBackend):
         return fmt
 
     def _check_unmounted(self, device: str, exc_type: type[Exception]) -> None:
-        devno = self._devno(device)
-        if devno is None:
-            return
-        text = mounts.read_mountinfo()
-        for dn in [devno, *partitions(devno)]:
-            found = mounts.mounts_of_devno(dn, text)
-            if found:
-                where = ", ".join(sorted({e.mount_point for e in found}))
-                raise exc_type(f"{device} is mounted at {where}")
+        device_safety.check_unmounted(device, exc_type)
 
     def _check_unused(self, device: str) -> None:
         """Busy when the device or one of its partitions is mounted or held."""
-        self._check_unmounted(device, Busy)
-        devno = self._devno(device)
-        if devno is None:
-            return
-        for dn in [devno, *partitions(devno)]:
-            users = holders(dn)
-            if users:
-                raise Busy(f"{device} is in use by {', '.join(users)}")
-        # The kernel refuses an exclusive open of a device something has claimed.
-        try:
-            fd = os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise Busy(f"{device} is in use") from None
-            raise InvalidArgument(f"cannot open {device}: {exc.strerror}") from None
-        os.close(fd)
+        device_safety.check_unused(device)
 
     def _mounted_here(self, pool: PoolDefinition, mountinfo: str | None = None) -> bool:
         device = self.source_device(pool)

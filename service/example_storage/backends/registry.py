@@ -8,6 +8,7 @@ from ..errors import InvalidArgument, NotSupported
 from ..model.definitions import POOL_TYPES, PoolDefinition, VolumeDefinition
 from .base import Backend, RefreshResult
 from .dir import DirBackend
+from .disk import DiskBackend
 from .fs import FsBackend
 
 
@@ -35,6 +36,7 @@ class DefinitionOnlyBackend(Backend):
 
 def _build() -> dict[str, Backend]:
     real: dict[str, Backend] = {"dir": DirBackend(), "fs": FsBackend()}
+    real["disk"] = DiskBackend()
     return {t: real.get(t) or DefinitionOnlyBackend(t) for t in POOL_TYPES}
 
 
