@@ -96,6 +96,9 @@ class LoopDevice:
                 res = subprocess.run(["umount", point], capture_output=True, text=True)
                 if res.returncode != 0:
                     subprocess.run(["umount", "-l", point], capture_output=True, text=True)
+            # Partitions added through BLKPG (parted, partx) outlive losetup -d on this
+            # kernel and would reappear on the next user of the device: drop them first.
+            subprocess.run(["partx", "-d", self.path], capture_output=True, text=True)
             subprocess.run(["losetup", "-d", self.path], capture_output=True, text=True,
                            check=True)
         self.path = ""

@@ -205,7 +205,13 @@ class StoragePool:
             self.listeners.volume_removed(self, self.volumes.pop(name))
 
     async def _update_stats(self) -> None:
-        self.stats = await self.backend.stats(self.definition)
+        """After a volume change: a pool whose storage reports its own view of the source
+        (a disk pool's free extents, partition numbers) is re-read whole, as libvirt
+        does; the others only need their figures."""
+        if self.runtime_source is not None:
+            self._apply_refresh(await self.backend.refresh(self.definition))
+        else:
+            self.stats = await self.backend.stats(self.definition)
         self.listeners.pool_changed(self)
 
     # -- volume operations (callers hold self.lock) -------------------------
