@@ -32,6 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"persistent pool configs (default: {DEFAULT_CONFIG_DIR})")
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, type=Path,
                         help=f"runtime state of active pools (default: {DEFAULT_RUN_DIR})")
+    parser.add_argument("--udev-source", default="auto",
+                        choices=("auto", "udev", "kernel", "none"),
+                        help="uevents to follow for host block devices: 'udev' (needs "
+                             "udevd), 'kernel' (raw uevents; the service probes devices "
+                             "itself), 'auto' (udev when udevd runs, else kernel) or "
+                             "'none' (scan at start-up only) (default: auto)")
+    parser.add_argument("--lvm-system-dir", type=Path, default=None,
+                        help="LVM configuration dir (its lvm.conf) for every LVM command the "
+                             "service runs; sets LVM_SYSTEM_DIR (default: LVM's, /etc/lvm)")
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
@@ -63,7 +72,7 @@ async def run(args: argparse.Namespace) -> int:
     log.info("connected to the bus with %s as %s", LIBRARY, bus.unique_name)
 
     manager = StorageManager(args.config_dir, args.run_dir)
-    service = StorageService(bus, manager)
+    service = StorageService(bus, manager, udev_source=args.udev_source)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,6 +97,11 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.lvm_system_dir is not None:
+        if not (args.lvm_system_dir / "lvm.conf").is_file():
+            sys.exit(f"example-storaged: {args.lvm_system_dir}/lvm.conf does not exist")
+        # Before anything runs: every LVM command inherits it (lvm honours LVM_SYSTEM_DIR).
+        os.environ["LVM_SYSTEM_DIR"] = str(args.lvm_system_dir.resolve())
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",

@@ -13,7 +13,8 @@ async def test_introspection_matches_contract(svc):
     pool = await svc.running_dir_pool("c")
     vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}", raw_volume_xml("v", "1", "MiB"), {})
     seen = {}
-    for path in ("/org/example/Storage", pool, vol):
+    devices = await svc.manager("ListDevices", "a{sv}", {})   # the host's block devices
+    for path in ("/org/example/Storage", pool, vol, devices[0]):
         xml = await svc.introspect(path)
         ifaces = parse_interfaces(xml)
         seen.update({k: v for k, v in ifaces.items() if k not in STANDARD})

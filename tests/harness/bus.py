@@ -108,7 +108,8 @@ class PrivateBus:
         if self.pid is not None:
             raise RuntimeError("bus already started")
         become_subreaper()
-        self.dir = Path(tempfile.mkdtemp(prefix="estest-bus-"))
+        # Always below /tmp, whatever TMPDIR says: a Unix socket path has at most 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="estest-bus-", dir="/tmp"))
         try:
             self.dir.chmod(0o755)
             confdir = self.dir / "system.d"

@@ -46,6 +46,7 @@ class StorageDaemon:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.bus = bus
         self.workdir = Path(workdir)
@@ -56,6 +57,8 @@ class StorageDaemon:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.python = python
+        #: argv prefix, e.g. ("umockdev-wrapper",) to run the daemon under a preload
+        self.wrapper = list(wrapper)
         self.proc: subprocess.Popen[bytes] | None = None
         #: exit code of the last run that ended (kept across restart(); None before any)
         self.returncode: int | None = None
@@ -71,7 +74,7 @@ class StorageDaemon:
 
     def argv(self) -> list[str]:
         return [
-            self.python, "-m", self.module,
+            *self.wrapper, self.python, "-m", self.module,
             "--bus", self.bus.address,
             "--config-dir", str(self.config_dir),
             "--run-dir", str(self.run_dir),

@@ -5,6 +5,7 @@ import re
 
 import pytest
 from example_storage.adapter.calls import AUTH_ATTRIBUTE, PUBLIC
+from example_storage.adapter.device_iface import DeviceInterface
 from example_storage.adapter.manager_iface import ManagerInterface
 from example_storage.adapter.pool_iface import PoolInterface
 from example_storage.adapter.volume_iface import VolumeInterface
@@ -15,6 +16,7 @@ INTERFACES = {
     "org.example.Storage.Manager": ManagerInterface,
     "org.example.Storage.Pool": PoolInterface,
     "org.example.Storage.Volume": VolumeInterface,
+    "org.example.Storage.Device": DeviceInterface,
 }
 CONTRACT = contract()
 METHODS = [

@@ -3,9 +3,9 @@
 
 from .. import __version__
 from . import actions
-from .bus import method
+from .bus import method, signal
 from .calls import authorized, option, public
-from .paths import MANAGER_IFACE, pool_path, volume_path
+from .paths import MANAGER_IFACE, device_path, pool_path, volume_path
 from .properties import ExportedObject, with_properties
 
 
@@ -72,3 +72,27 @@ class ManagerInterface(ExportedObject):
     @public
     async def GetCapabilities(self, options: "a{sv}") -> "s":
         return self.service.capabilities_xml()
+
+    # -- host block devices ---------------------------------------------------------
+    @method()
+    @public
+    async def ListDevices(self, options: "a{sv}") -> "ao":
+        include_hidden = option(options, "all", "b", False)
+        return [device_path(d.name) for d in self.manager.devices.list(include_hidden)]
+
+    @method()
+    @public
+    async def LookupDevice(self, id: "s", options: "a{sv}") -> "o":
+        return device_path(self.manager.devices.lookup(id).name)
+
+    @signal()
+    def DeviceAdded(self, device: str, properties: dict) -> "oa{sv}":
+        return [device, properties]
+
+    @signal()
+    def DeviceRemoved(self, device: str) -> "o":
+        return device
+
+    @signal()
+    def DeviceChanged(self, device: str, changed: dict) -> "oa{sv}":
+        return [device, changed]

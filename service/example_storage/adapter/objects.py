@@ -8,8 +8,9 @@ carrying only the properties whose values differ from what was last announced.
 
 import logging
 
-from .bus import Message, MessageBus
-from .paths import MANAGER_PATH, OBJECT_MANAGER_IFACE, pool_path, volume_path
+from .bus import Message, MessageBus, Variant
+from .device_iface import DeviceInterface
+from .paths import MANAGER_PATH, OBJECT_MANAGER_IFACE, device_path, pool_path, volume_path
 from .pool_iface import PoolInterface
 from .properties import ExportedObject
 from .volume_iface import VolumeInterface
@@ -47,16 +48,18 @@ class ObjectTree:
         self.bus.unexport(path, obj)
         self._signal("InterfacesRemoved", "oas", [path, [obj.name]])
 
-    def _changed(self, path: str) -> None:
+    def _changed(self, path: str) -> dict[str, object]:
+        """Announce the properties that differ from the last announcement; return them."""
         obj = self.objects.get(path)
         if obj is None:
-            return
+            return {}
         values = obj.property_values()
         before = self._announced.get(path, {})
         changed = {k: v for k, v in values.items() if before.get(k) != v}
         self._announced[path] = values
         if changed:
             obj.emit_properties_changed(changed)
+        return changed
 
     def _signal(self, member: str, signature: str, body: list) -> None:
         self.bus.send(Message.new_signal(
@@ -90,3 +93,29 @@ class ObjectTree:
 
     def volume_changed(self, pool, volume) -> None:
         self._changed(volume_path(pool.name, volume.name))
+
+    # -- host block devices (also announced by the Manager's Device* signals) --
+    def device_added(self, device) -> None:
+        path = device_path(device.name)
+        obj = DeviceInterface(device, self.service)
+        self._export(path, obj)
+        self.service.manager_object.DeviceAdded(path, obj.property_variants())
+
+    def device_removed(self, device) -> None:
+        path = device_path(device.name)
+        if path in self.objects:
+            self._unexport(path)
+            self.service.manager_object.DeviceRemoved(path)
+
+    def device_changed(self, device) -> None:
+        path = device_path(device.name)
+        obj = self.objects.get(path)
+        if not isinstance(obj, DeviceInterface):
+            self.device_added(device)
+            return
+        obj.device = device
+        changed = self._changed(path)
+        if changed:
+            signatures = dict(obj.PROPERTIES)
+            self.service.manager_object.DeviceChanged(
+                path, {k: Variant(signatures[k], v) for k, v in changed.items()})

@@ -5,10 +5,12 @@ from ..model.names import encode_path_element
 BUS_NAME = "org.example.Storage"
 MANAGER_PATH = "/org/example/Storage"
 POOLS_PATH = MANAGER_PATH + "/pools"
+DEVICES_PATH = MANAGER_PATH + "/devices"
 
 MANAGER_IFACE = "org.example.Storage.Manager"
 POOL_IFACE = "org.example.Storage.Pool"
 VOLUME_IFACE = "org.example.Storage.Volume"
+DEVICE_IFACE = "org.example.Storage.Device"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 
 
@@ -18,3 +20,8 @@ def pool_path(pool_name: str) -> str:
 
 def volume_path(pool_name: str, volume_name: str) -> str:
     return f"{pool_path(pool_name)}/volumes/{encode_path_element(volume_name)}"
+
+
+def device_path(kernel_name: str) -> str:
+    """A host block device, by its kernel name ("sda1", "dm-0")."""
+    return f"{DEVICES_PATH}/{encode_path_element(kernel_name)}"

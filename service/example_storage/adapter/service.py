@@ -17,9 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class StorageService:
-    def __init__(self, bus: MessageBus, manager: StorageManager) -> None:
+    def __init__(self, bus: MessageBus, manager: StorageManager, udev_source: str = "auto"
+                 ) -> None:
         self.bus = bus
         self.manager = manager
+        self.udev_source = udev_source   # auto, udev, kernel or none (coldplug only)
         self.authority = PolkitAuthority(bus)
         self.objects = ObjectTree(bus, self)
         self.manager_object = ManagerInterface(self)
@@ -40,6 +42,9 @@ class StorageService:
             self.objects.pool_added(pool)
             for volume in list(pool.volumes.values()):
                 self.objects.volume_added(pool, volume)
+        # host block devices: listen to uevents, scan them all (before taking the name)
+        source = None if self.udev_source == "none" else self.udev_source
+        await self.manager.devices.start(source)
         reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise Failed(f"{BUS_NAME} is owned by another process on this bus")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..model.definitions import VolumeDefinition
+    from .devices import BlockDevice
     from .pool import StoragePool
 
 
@@ -28,9 +29,17 @@ class StorageListener(Protocol):
 
     def volume_changed(self, pool: StoragePool, volume: VolumeDefinition) -> None: ...
 
+    # Host block devices (core/devices.py): appeared, went away, properties changed.
+    def device_added(self, device: BlockDevice) -> None: ...
+
+    def device_removed(self, device: BlockDevice) -> None: ...
+
+    def device_changed(self, device: BlockDevice) -> None: ...
+
 
 class ListenerSet:
-    """Fans every event out to all registered listeners."""
+    """Fans every event out to the registered listeners that handle it (a listener
+    may implement only some of the events)."""
 
     def __init__(self) -> None:
         self._listeners: list[StorageListener] = []
@@ -40,7 +49,9 @@ class ListenerSet:
 
     def __getattr__(self, event: str):
         def fan_out(*args) -> None:
-            for listener in self._listeners:
-                getattr(listener, event)(*args)
+            for listener in list(self._listeners):
+                handler = getattr(listener, event, None)
+                if handler is not None:
+                    handler(*args)
 
         return fan_out

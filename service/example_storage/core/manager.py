@@ -15,6 +15,7 @@ from ..model.definitions import PoolDefinition, VolumeDefinition
 from ..model.names import validate_uuid
 from ..model.poolxml import parse_pool_xml
 from .config_store import PoolConfigStore
+from .devices import DeviceRegistry, same_device
 from .events import ListenerSet
 from .pool import INACTIVE, StoragePool
 
@@ -33,6 +34,8 @@ class StorageManager:
         self.pools: dict[str, StoragePool] = {}
         self._backend_for = backend_factory
         self._registry_lock = asyncio.Lock()   # name/UUID uniqueness of new pools
+        # the host's block devices; started by the service (coldplug + uevents)
+        self.devices = DeviceRegistry(self.listeners, pool_of=self.pool_using_device)
 
     # -- start-up -----------------------------------------------------------
     async def load(self) -> None:
@@ -96,6 +99,19 @@ class StorageManager:
             if pool.uuid == wanted:
                 return pool
         raise NotFound(f"no pool with UUID {wanted}")
+
+    def pool_using_device(self, path: str) -> StoragePool | None:
+        """The pool whose source names the block device ``path`` (by any path that
+        resolves to it), an active one first; None when no pool uses it."""
+        found = None
+        for pool in self.pools.values():
+            sources = [d.path for d in pool.definition.source.devices]
+            sources += [d.path for d in pool.devices]
+            if any(same_device(source, path) for source in sources):
+                if pool.active:
+                    return pool
+                found = found or pool
+        return found
 
     def volume_by(self, field: str, value: str) -> tuple[StoragePool, VolumeDefinition]:
         for pool in self.pools.values():
