@@ -10,6 +10,7 @@ from .base import Backend, RefreshResult
 from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
+from .logical import LogicalBackend
 
 
 class DefinitionOnlyBackend(Backend):
@@ -37,6 +38,7 @@ class DefinitionOnlyBackend(Backend):
 def _build() -> dict[str, Backend]:
     real: dict[str, Backend] = {"dir": DirBackend(), "fs": FsBackend()}
     real["disk"] = DiskBackend()
+    real["logical"] = LogicalBackend()
     return {t: real.get(t) or DefinitionOnlyBackend(t) for t in POOL_TYPES}
 
 
