@@ -203,3 +203,10 @@ async def dbus_client() -> AsyncIterator[Callable[[str | PrivateBus], Awaitable[
     for bus in buses:
         if bus.connected:
             bus.disconnect()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``vm`` run only inside the VM lane's guest (tests/vm/lane.py)."""
+    from tests.vm.guest import skip_vm_tests_outside
+
+    skip_vm_tests_outside(items)
