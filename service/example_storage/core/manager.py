@@ -13,8 +13,9 @@ from ..backends.registry import backend_for
 from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from ..model.definitions import PoolDefinition, VolumeDefinition
 from ..model.names import validate_uuid
-from ..model.poolxml import parse_pool_xml
+from ..model.poolxml import format_pool_sources_xml, parse_pool_xml, parse_source_xml
 from .config_store import PoolConfigStore
+from .device_follower import PoolDeviceFollower
 from .devices import DeviceRegistry, same_device
 from .events import ListenerSet
 from .pool import INACTIVE, StoragePool
@@ -36,6 +37,7 @@ class StorageManager:
         self._registry_lock = asyncio.Lock()   # name/UUID uniqueness of new pools
         # the host's block devices; started by the service (coldplug + uevents)
         self.devices = DeviceRegistry(self.listeners, pool_of=self.pool_using_device)
+        self.listeners.add(PoolDeviceFollower(self))
 
     # -- start-up -----------------------------------------------------------
     async def load(self) -> None:
@@ -119,6 +121,13 @@ class StorageManager:
                 if getattr(vol, field) == value:
                     return pool, vol
         raise NotFound(f"no volume with {field} '{value[:4096]}'")
+
+    async def find_pool_sources(self, pool_type: str, source_xml: str) -> str:
+        """libvirt's <sources> list of what storage of ``pool_type`` the host offers
+        (every VG for 'logical'); ``source_xml`` is an optional <source> hint."""
+        hint = parse_source_xml(source_xml, pool_type)
+        sources = await self._backend_for(pool_type).find_sources(hint)
+        return format_pool_sources_xml(sources, pool_type)
 
     # -- define / create / undefine -----------------------------------------
     def _new_definition(self, xml: str) -> PoolDefinition:

@@ -54,6 +54,7 @@ class StoragePool:
         self.stats = PoolStats()
         self.volumes: dict[str, VolumeDefinition] = {}
         self.runtime_source: PoolSource | None = None   # as the storage reports it
+        self.lost_device = ""          # the device whose loss made the pool inaccessible
         self.devices: list[PoolDevice] = []
         self.lock = asyncio.Lock()
 
@@ -121,6 +122,10 @@ class StoragePool:
             self._set_state(INACTIVE)
 
     async def start(self) -> None:
+        if self.state == INACCESSIBLE:
+            # its storage went away while it ran: clear what is left (a stale mount)
+            await self._stop_quietly()
+            self.mark_inactive()
         self._require_inactive("Start")
         if self.pending_definition is not None:
             self.definition, self.pending_definition = self.pending_definition, None
@@ -142,9 +147,22 @@ class StoragePool:
             await self.backend.stop(self.definition)
         self.mark_inactive()
 
+    def mark_lost_device(self, path: str, remaining: int) -> None:
+        """A device the running pool is built on went away (core/device_follower.py)."""
+        self.lost_device = path
+        if remaining > 0:
+            self._set_state(DEGRADED)
+            return
+        self._drop_volumes()
+        self.stats = PoolStats()
+        self.runtime_source = None
+        self.devices = []
+        self._set_state(INACCESSIBLE)
+
     def mark_inactive(self) -> None:
         """Forget runtime state: volumes gone, figures zero, state file removed."""
         self.store.remove_state(self.name)
+        self.lost_device = ""
         self._drop_volumes()
         self.stats = PoolStats()
         self.runtime_source = None

@@ -1,0 +1,44 @@
+"""Pools follow their devices.
+
+When a block device an active pool is built on goes away (removed, or its medium gone:
+size 0, as a detached loop device), the pool becomes ``inaccessible`` (its only device)
+or ``degraded`` (one of several, e.g. an LVM physical volume), with PropertiesChanged.
+A pool recovers by being started again once the device is back (Pool.Start accepts an
+inaccessible pool and clears what is left of the old activation first).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .devices import BlockDevice, same_device
+
+if TYPE_CHECKING:
+    from .manager import StorageManager
+
+log = logging.getLogger(__name__)
+
+
+class PoolDeviceFollower:
+    """A core listener (see events.py) for the device events only."""
+
+    def __init__(self, manager: StorageManager) -> None:
+        self.manager = manager
+
+    def device_removed(self, device: BlockDevice) -> None:
+        self._gone(device, "was removed")
+
+    def device_changed(self, device: BlockDevice) -> None:
+        if device.size == 0:
+            self._gone(device, "has no medium any more")
+
+    def _gone(self, device: BlockDevice, how: str) -> None:
+        for pool in list(self.manager.pools.values()):
+            if not pool.active:
+                continue
+            paths = [d.path for d in pool.definition.source.devices]
+            if not any(p == device.path or same_device(p, device.path) for p in paths):
+                continue
+            log.warning("pool %s: its device %s %s", pool.name, device.path, how)
+            pool.mark_lost_device(device.path, remaining=len(paths) - 1)
