@@ -176,3 +176,17 @@ async def test_device_and_snapshot_methods_on_a_dir_pool(svc):
     assert err.type == E + "InvalidArgument", err.text
     assert (await svc.props(pool, POOL))["Devices"] == []
     assert sorted(p.name for p in (svc.workdir / "nd").iterdir()) == ["v"]
+
+
+@pytest.mark.parametrize(("pool_type", "hint", "name"), [
+    ("dir", "", "NotSupported"),
+    ("floppy", "", "InvalidArgument"),
+    ("logical", "<pool type='dir'/>", "InvalidArgument"),
+    ("logical", "<source>", "InvalidArgument"),
+    ("logical", "<!DOCTYPE s [<!ENTITY e SYSTEM 'file:///etc/shadow'>]><source>&e;</source>",
+     "InvalidArgument"),
+])
+async def test_find_pool_sources_rejects(svc, pool_type, hint, name):
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", pool_type, hint, {})
+    assert err.type == E + name, err.text
+    assert "root:" not in err.text          # no file content ever reaches the caller

@@ -235,3 +235,26 @@ async def test_libvirt_logical_volume_xml(lvm_svc, tmp_path):
         conf.cleanup()
         conf.forget(big.path)
         big.detach()
+
+
+async def test_find_pool_sources_lists_volume_groups(lvm_svc):
+    """SolidICE enumerateVGs: every VG with its PVs, as libvirt's source list, ready to
+    be pasted into a pool definition."""
+    from lxml import etree
+
+    svc, conf, (d0, d1, d2) = lvm_svc
+    xml = await svc.manager("FindPoolSources", "ssa{sv}", "logical", "", {})
+    assert etree.fromstring(xml.encode()).findall("source") == []
+    for name, vg, devs in (("a", "vga", [d0, d1]), ("b", "vgb", [d2])):
+        pool = await svc.manager("DefinePool", "sa{sv}", logical_pool_xml(name, vg, devs), {})
+        await svc.call(pool, POOL, "Build", "a{sv}", {})
+    xml = await svc.manager("FindPoolSources", "ssa{sv}", "logical", "<source/>", {})
+    found = {
+        src.findtext("name"): (sorted(d.get("path") for d in src.findall("device")),
+                               src.find("format").get("type"))
+        for src in etree.fromstring(xml.encode()).findall("source")
+    }
+    assert found == {"vga": (sorted([d0, d1]), "lvm2"), "vgb": ([d2], "lvm2")}
+    # the same answer LVM itself gives
+    assert {r["pv_name"]: r["vg_name"] for r in pvs(conf).values()} == {
+        d0: "vga", d1: "vga", d2: "vgb"}

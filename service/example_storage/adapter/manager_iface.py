@@ -69,6 +69,11 @@ class ManagerInterface(ExportedObject):
         return volume_path(pool.name, vol.name)
 
     @method()
+    @authorized(actions.POOL_DISCOVER)
+    async def FindPoolSources(self, type: "s", source_xml: "s", options: "a{sv}") -> "s":
+        return await self.manager.find_pool_sources(type, source_xml)
+
+    @method()
     @public
     async def GetCapabilities(self, options: "a{sv}") -> "s":
         return self.service.capabilities_xml()

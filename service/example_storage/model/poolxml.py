@@ -450,6 +450,17 @@ def format_pool_xml(pool: PoolDefinition) -> str:
     return "\n".join(element("pool", attrs, children=body)) + "\n"
 
 
+def parse_source_xml(text: str, pool_type: str) -> PoolSource | None:
+    """A FindPoolSources hint: a lone ``<source>`` element (empty text: no hint)."""
+    _check_type(pool_type)
+    if not text.strip():
+        return None
+    root = parse_document(text, "source XML")
+    if root.tag != "source":
+        raise InvalidArgument(f"expected a <source> element, not <{str(root.tag)[:32]}>")
+    return _parse_source(root, pool_type)
+
+
 def format_pool_sources_xml(sources: list[PoolSource], pool_type: str) -> str:
     """libvirt's <sources> list (FindPoolSources output) for pools of ``pool_type``."""
     _check_type(pool_type)
