@@ -24,7 +24,7 @@ from tests.vm.lane import VmLane
 # pvmove, wipe and clone through device nodes).
 GUEST_SELECTION = [
     "tests/vm_guest", "tests/unit/test_logical_backend.py", "tests/bus/test_logical_pool.py",
-    "-q", "-ra",
+    "tests/bus/test_logical_pool_dm.py", "-q", "-ra",
 ]
 TIMEOUT = 1500  # seconds for boot + the whole guest selection; qemu is killed after
 

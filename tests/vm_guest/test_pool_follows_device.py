@@ -27,6 +27,8 @@ pytestmark = pytest.mark.vm
 
 def _scsi_debug_disk() -> tuple[str, str]:
     """(kernel name, scsi host dir) of the scsi_debug disk, loading the module."""
+    # sd_mod makes the LUN a disk; without udev nothing loads it by modalias
+    run(["modprobe", "sd_mod"])
     run(["modprobe", "scsi_debug", "dev_size_mb=96", "num_tgts=1", "max_luns=1"])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -59,8 +61,13 @@ async def guest_svc(tmp_path):
 async def test_fs_pool_follows_its_scsi_disk(guest_svc, tmp_path):
     svc = guest_svc
     name, host = _scsi_debug_disk()
-    dev = f"/dev/{name}"
-    run(["mkfs.ext4", "-q", "-F", dev])
+    node = f"/dev/{name}"
+    run(["mkfs.ext4", "-q", "-F", node])
+    # The pool names the disk by a stable link, as /dev/disk/by-id/... would (no udevd in
+    # the guest: the test keeps the link as udev would): the stale mount keeps the old
+    # kernel name busy, so the disk comes back under another one.
+    dev = str(tmp_path / "by-id-scsi-debug")
+    os.symlink(node, dev)
     target = Path(f"/var/tmp/estest-mnt-{os.getpid()}")
     pool = await svc.manager("DefinePool", "sa{sv}", fs_pool_xml("sd", dev, target, "ext4"), {})
     await svc.call(pool, POOL, "Start", "a{sv}", {})
@@ -68,8 +75,9 @@ async def test_fs_pool_follows_its_scsi_disk(guest_svc, tmp_path):
                          raw_volume_xml("keep.img", "4", "MiB"), {})
     with open(target / "keep.img", "r+b") as f:
         f.write(b"still here")
+        f.flush()
         os.fsync(f.fileno())
-    device = await svc.manager("LookupDevice", "sa{sv}", dev, {})
+    device = await svc.manager("LookupDevice", "sa{sv}", node, {})
     rec = await svc.recorder()
 
     # the disk goes away under the mounted filesystem
@@ -89,9 +97,13 @@ async def test_fs_pool_follows_its_scsi_disk(guest_svc, tmp_path):
     # the disk comes back (same data: scsi_debug keeps it in RAM); Start recovers
     Path(f"/sys/class/scsi_host/{host}/scan").write_text("- - -")
     deadline = time.monotonic() + 30
-    while not os.path.exists(dev) and time.monotonic() < deadline:
+    back = []
+    while not back and time.monotonic() < deadline:
+        back = glob.glob("/sys/bus/pseudo/drivers/scsi_debug/adapter*/host*/target*/*/block/*")
         time.sleep(0.2)
-    assert os.path.exists(dev), f"{dev} did not come back after the rescan"
+    assert back, "the disk did not come back after the rescan"
+    os.unlink(dev)
+    os.symlink(f"/dev/{os.path.basename(back[0])}", dev)
     await svc.call(pool, POOL, "Start", "a{sv}", {})
     assert (await svc.props(pool, POOL))["State"] == "running"
     assert (await svc.props(vol, VOLUME))["Capacity"] == 4 << 20

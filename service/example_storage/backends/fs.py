@@ -118,6 +118,11 @@ class FsBackend(DirBackend):
         if self._mounted_here(pool, text):
             return
         entry = mounts.find_mount(os.path.realpath(target), text)
+        if entry is not None and _device_vanished(entry):
+            # what is left of this pool's own mount after its device went away (the pool
+            # was inaccessible): nothing can be read through it any more
+            await mounts.unmount(target, lazy=True)
+            entry = mounts.find_mount(os.path.realpath(target), mounts.read_mountinfo())
         if entry is not None and os.path.exists(target):
             raise Busy(f"{target} is already the mount point of {entry.source}")
         props = await blkid.probe(device)
@@ -149,3 +154,10 @@ class FsBackend(DirBackend):
         await run_command(["wipefs", "-a", "-q", "--", device], timeout=WIPEFS_TIMEOUT)
         with contextlib.suppress(OSError):
             os.rmdir(self.target_path(pool))
+
+
+def _device_vanished(entry: mounts.MountEntry) -> bool:
+    """A block-device mount whose device no longer exists (removed under the mount)."""
+    if entry.major == 0:
+        return False          # not a block device (tmpfs, nfs, ...): never ours to clear
+    return not os.path.exists(f"/sys/dev/block/{entry.major}:{entry.minor}")
