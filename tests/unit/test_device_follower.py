@@ -4,7 +4,6 @@ inaccessible (its only device) or degraded (one of several), and Start recovers 
 from pathlib import Path
 
 import pytest
-
 from example_storage.backends.base import Backend, PoolStats, RefreshResult
 from example_storage.core.devices import BlockDevice
 from example_storage.core.manager import StorageManager
@@ -97,3 +96,16 @@ async def test_inactive_pools_are_left_alone(tmp_path):
     await manager.destroy_pool(pool)
     manager.listeners.device_removed(BlockDevice(name="esnone9", path="/dev/esnone9"))
     assert pool.state == "inactive"
+
+
+async def test_a_stale_record_of_a_present_device_is_ignored(tmp_path):
+    """The registry's record may say size 0 for a device that has a size by now (events
+    are coalesced): the kernel's word counts."""
+    sizes = {p.name: int((p / "size").read_text() or 0) for p in Path("/sys/class/block").iterdir()}
+    present = next((n for n, size in sorted(sizes.items()) if size > 0), None)
+    if present is None:
+        pytest.skip("no block device with a size on this machine")
+    manager, pool, backend, events = await _running_pool(tmp_path, [f"/dev/{present}"])
+    manager.listeners.device_changed(BlockDevice(name=present, path=f"/dev/{present}", size=0))
+    manager.listeners.device_removed(BlockDevice(name=present, path=f"/dev/{present}"))
+    assert pool.state == RUNNING and events.seen == []

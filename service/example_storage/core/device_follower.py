@@ -34,6 +34,11 @@ class PoolDeviceFollower:
             self._gone(device, "has no medium any more")
 
     def _gone(self, device: BlockDevice, how: str) -> None:
+        # The event is only a trigger: a record can lag behind (a loop device attached
+        # while the registry still held its empty state), so ask the kernel itself.
+        now = self.manager.devices.sysfs.read(device.name)
+        if now is not None and now.size > 0:
+            return
         for pool in list(self.manager.pools.values()):
             if not pool.active:
                 continue
