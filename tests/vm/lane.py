@@ -98,7 +98,7 @@ for ko in @EARLY@; do
 done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none results /results \
   || die "cannot mount the results share"
-VM_NET=0; VM_LIVE=0
+VM_NET=0; VM_LIVE=0; VM_CHECKOUT=
 . /results/config
 # cache=loose: Python imports run ~2x faster than with cache=none (the root is read-only).
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /lower \
@@ -115,6 +115,12 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+# the checkout at its own path: it may live below /tmp or /run, which are tmpfs here
+if [ -n "$VM_CHECKOUT" ]; then
+  mkdir -p "$R$VM_CHECKOUT"
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro checkout \
+    "$R$VM_CHECKOUT" || die "cannot mount the checkout share"
+fi
 mkdir -p $R/run/lock $R/run/vm-lane $R/lib/modules/$KVER
 mount -o bind /results $R/run/vm-lane
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro modules \
@@ -598,6 +604,8 @@ def _qemu_argv(image: VmImage, workdir: Path, disks: Sequence[Path], net: bool, 
         "-virtfs", f"local,path={image.modules},mount_tag=modules,security_model=none,"
                    "readonly=on",
         "-virtfs", f"local,path={workdir / 'results'},mount_tag=results,security_model=none",
+        "-virtfs", f"local,path={REPO},mount_tag=checkout,security_model=none,readonly=on,"
+                   "multidevs=remap",
     ]
     for i, disk in enumerate(disks):
         argv += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe,index={i}"]
@@ -658,7 +666,8 @@ def boot(
     results.mkdir(parents=True, exist_ok=True)
     for stale in ("rc", "output.txt", "junit.xml", "init-error"):
         (results / stale).unlink(missing_ok=True)
-    (results / "config").write_text(f"VM_NET={int(net)}\nVM_LIVE={int(live)}\n")
+    (results / "config").write_text(
+        f"VM_NET={int(net)}\nVM_LIVE={int(live)}\nVM_CHECKOUT={shlex.quote(str(REPO))}\n")
     (results / "job.sh").write_text(_job_script(argv, cwd, env or {}))
     disk_paths = [workdir / f"disk{i}.img" for i in range(disks)]
     for path in disk_paths:
