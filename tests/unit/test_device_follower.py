@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from example_storage.backends.base import Backend, PoolStats, RefreshResult
-from example_storage.core.devices import BlockDevice
+from example_storage.core.device_model import BlockDevice
 from example_storage.core.manager import StorageManager
 from example_storage.core.pool import DEGRADED, INACCESSIBLE, RUNNING
 from example_storage.model.definitions import VolumeDefinition

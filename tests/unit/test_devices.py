@@ -8,21 +8,12 @@ import shutil
 from dataclasses import dataclass
 
 import pytest
-from example_storage.core import devices as core
-from example_storage.core.devices import (
-    ADD,
-    CHANGE,
-    REMOVE,
-    BlockDevice,
-    DeviceRegistry,
-    HostUsage,
-    PendingEvents,
-    compute_usage,
-    find_devices,
-    normalize_wwn,
-    pick_device,
-    wwn_keys,
-)
+from example_storage.core import device_model as core
+from example_storage.core.device_events import ADD, CHANGE, REMOVE, PendingEvents
+from example_storage.core.device_lookup import find_devices, pick_device
+from example_storage.core.device_model import BlockDevice, normalize_wwn, wwn_keys
+from example_storage.core.device_usage import HostUsage, compute_usage
+from example_storage.core.devices import DeviceRegistry
 from example_storage.core.events import ListenerSet
 from example_storage.errors import InvalidArgument, NotFound
 from example_storage.system.sysfs import SysfsReader

@@ -23,7 +23,7 @@ class DeviceInterface(ExportedObject):
 
     def __init__(self, device, service) -> None:
         super().__init__(DEVICE_IFACE, service)
-        self.device = device   # core.devices.BlockDevice; replaced on each change
+        self.device = device   # core.device_model.BlockDevice; replaced on each change
 
     @property
     def path(self) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .devices import BlockDevice, same_device
+from .device_lookup import same_device
+from .device_model import BlockDevice
 
 if TYPE_CHECKING:
     from .manager import StorageManager

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..model.definitions import VolumeDefinition
-    from .devices import BlockDevice
+    from .device_model import BlockDevice
     from .pool import StoragePool
 
 

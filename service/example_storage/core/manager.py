@@ -16,7 +16,8 @@ from ..model.names import validate_uuid
 from ..model.poolxml import format_pool_sources_xml, parse_pool_xml, parse_source_xml
 from .config_store import PoolConfigStore
 from .device_follower import PoolDeviceFollower
-from .devices import DeviceRegistry, same_device
+from .device_lookup import same_device
+from .devices import DeviceRegistry
 from .events import ListenerSet
 from .pool import INACTIVE, StoragePool
 
