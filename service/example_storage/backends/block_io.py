@@ -112,9 +112,9 @@ def copy_into_device(src_path: str, dst_path: str, *, skip_zero: bool,
         os.close(src)
 
 
-async def in_thread(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> Any:
-    """Run ``fn(*args, cancel=Event, **kwargs)`` in a thread; OSError becomes a clear
-    StorageError naming ``what``. Cancelling the caller stops the thread first."""
+async def cancellable(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, cancel=Event, **kwargs)`` in a thread. Cancelling the awaiting task
+    sets the event and waits for the thread to stop, so cleanup can follow."""
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     fut = loop.run_in_executor(None, functools.partial(fn, *args, cancel=cancel, **kwargs))
@@ -125,6 +125,12 @@ async def in_thread(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any
         with contextlib.suppress(BaseException):
             await fut
         raise
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> Any:
+    """``cancellable``, with OSError turned into a clear StorageError naming ``what``."""
+    try:
+        return await cancellable(fn, *args, **kwargs)
     except FileNotFoundError as exc:
         raise NotFound(f"{what}: {exc.filename}: no such file or device") from None
     except OSError as exc:

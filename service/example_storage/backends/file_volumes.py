@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import functools
 import logging
 import os
 import secrets
@@ -39,6 +38,7 @@ from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
+from .block_io import cancellable
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +195,12 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, progress: Progress | No
     """Run ``fn(*args, cancel=Event, progress=cb)`` in a thread; cancelling the awaiting
     task sets the event and waits for the thread to stop (so cleanup can follow)."""
     loop = asyncio.get_running_loop()
-    cancel = threading.Event()
 
     def report(done: int, total: int) -> None:
         if progress is not None:
             loop.call_soon_threadsafe(progress, done, total)
 
-    fut = loop.run_in_executor(None, functools.partial(fn, *args, cancel=cancel, progress=report))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        cancel.set()
-        with contextlib.suppress(BaseException):
-            await fut
-        raise
+    return await cancellable(fn, *args, progress=report)
 
 
 # -- reading volumes -----------------------------------------------------------
