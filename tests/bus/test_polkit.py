@@ -125,6 +125,11 @@ def _busctl_call(svc, user, path, iface, member, signature, args):
                   *args, user=user, check=False)
 
 
+async def _pools_and_volumes(svc):
+    """What a caller could change (host Device objects follow other work on the machine)."""
+    return {p: v for p, v in (await svc.managed_objects()).items() if "/devices/" not in p}
+
+
 def _disk_state(svc):
     return sorted(
         (str(p.relative_to(svc.workdir)), p.stat().st_size, oct(p.stat().st_mode))
@@ -137,7 +142,7 @@ async def test_unprivileged_user_is_refused_every_mutating_method(real_lane):
     pool = await svc.running_dir_pool("p")
     vol = await svc.call(pool, POOL, "CreateVolume", "sa{sv}", raw_volume_xml("v", "1", "MiB"), {})
     before_disk = _disk_state(svc)
-    before_objects = await svc.managed_objects()
+    before_objects = await _pools_and_volumes(svc)
     targets = {MANAGER: MANAGER_PATH, POOL: pool, VOLUME: vol}
     assert len(MUTATING) >= 15
 
@@ -152,7 +157,7 @@ async def test_unprivileged_user_is_refused_every_mutating_method(real_lane):
         assert action in res.stderr, (member, res.stderr)
 
     assert _disk_state(svc) == before_disk
-    assert await svc.managed_objects() == before_objects
+    assert await _pools_and_volumes(svc) == before_objects
 
     # reads need no authorization
     res = busctl(svc.bus.address, "call", "org.example.Storage", pool, POOL, "GetXMLDesc",
