@@ -116,7 +116,8 @@ def _arg(sig: str, member: str, svc: Service, vol: str) -> list[str]:
         if member == "Define":
             return [dir_pool_xml("p", svc.workdir / "elsewhere")]
         return [raw_volume_xml("intruder.img", "1", "MiB")]
-    return {"b": ["true"], "t": [str(1 << 20)], "o": [vol], "as": ["1", "/dev/null"]}[sig]
+    return {"b": ["true"], "t": [str(1 << 20)], "o": [vol], "as": ["1", "/dev/null"],
+            "ay": ["1", "120"]}[sig]
 
 
 def _busctl_call(svc, user, path, iface, member, signature, args):

@@ -74,6 +74,12 @@ class ManagerInterface(ExportedObject):
         return await self.manager.find_pool_sources(type, source_xml)
 
     @method()
+    @authorized(actions.SECRET_SET)
+    async def SetSecret(self, usage: "s", value: "ay", options: "a{sv}"):
+        uuid = option(options, "uuid", "s")
+        self.manager.set_secret(usage, bytes(value), uuid=uuid)
+
+    @method()
     @public
     async def GetCapabilities(self, options: "a{sv}") -> "s":
         return self.service.capabilities_xml()

@@ -94,6 +94,12 @@ class ObjectTree:
     def volume_changed(self, pool, volume) -> None:
         self._changed(volume_path(pool.name, volume.name))
 
+    def luns_changed(self, pool, added: list[str], removed: list[str]) -> None:
+        obj = self.objects.get(pool_path(pool.name))
+        if isinstance(obj, PoolInterface):
+            obj.LunsChanged([volume_path(pool.name, n) for n in added],
+                            [volume_path(pool.name, n) for n in removed])
+
     # -- host block devices (also announced by the Manager's Device* signals) --
     def device_added(self, device) -> None:
         path = device_path(device.name)

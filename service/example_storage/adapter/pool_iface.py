@@ -1,6 +1,7 @@
 """org.example.Storage.Pool: one object per pool (introspection/org.example.Storage.Pool.xml)."""
 
-from ..errors import NotFound
+from ..core.pool import DEFAULT_LUN_POLL_INTERVAL
+from ..errors import InvalidArgument, NotFound
 from ..model.poolxml import format_pool_xml
 from . import actions
 from .bus import method, signal
@@ -54,13 +55,18 @@ class PoolInterface(ExportedObject):
     @method()
     @authorized(actions.POOL_START_STOP)
     async def Start(self, options: "a{sv}"):
+        interval = option(options, "lun-poll-interval", "d", DEFAULT_LUN_POLL_INTERVAL)
+        if not 0 <= interval <= 86400:
+            raise InvalidArgument("option 'lun-poll-interval' must be 0..86400 seconds")
         async with self.pool.lock:
+            self.pool.lun_poll_interval = interval
             await self.pool.start()
 
     @method()
     @authorized(actions.POOL_START_STOP)
     async def Destroy(self, options: "a{sv}"):
-        await self.manager.destroy_pool(self.pool)
+        force = option(options, "force", "b", False)
+        await self.manager.destroy_pool(self.pool, force)
 
     @method()
     @authorized(actions.POOL_DEFINE)
@@ -135,6 +141,10 @@ class PoolInterface(ExportedObject):
     @signal()
     def Refreshed(self):
         return None
+
+    @signal()
+    def LunsChanged(self, added: list, removed: list) -> "aoao":
+        return [added, removed]
 
     @property
     def path(self) -> str:

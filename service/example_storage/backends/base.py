@@ -81,7 +81,8 @@ class Backend:
     async def start(self, pool: PoolDefinition) -> None:
         raise self._unsupported("Start")
 
-    async def stop(self, pool: PoolDefinition) -> None:
+    async def stop(self, pool: PoolDefinition, force: bool = False) -> None:
+        """Deactivate; ``force`` (Destroy's option): unmount even a busy or dead mount."""
         raise self._unsupported("Destroy")
 
     async def delete(self, pool: PoolDefinition) -> None:

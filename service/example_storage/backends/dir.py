@@ -83,7 +83,7 @@ class DirBackend(Backend):
     async def start(self, pool: PoolDefinition) -> None:
         await self.volume_dir(pool)
 
-    async def stop(self, pool: PoolDefinition) -> None:
+    async def stop(self, pool: PoolDefinition, force: bool = False) -> None:
         return None
 
     async def delete(self, pool: PoolDefinition) -> None:

@@ -151,7 +151,7 @@ class DiskBackend(Backend):
         device = self.source_device(pool)
         await self._reread(pool, device)
 
-    async def stop(self, pool: PoolDefinition) -> None:
+    async def stop(self, pool: PoolDefinition, force: bool = False) -> None:
         return None
 
     async def delete(self, pool: PoolDefinition) -> None:

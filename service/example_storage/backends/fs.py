@@ -140,7 +140,7 @@ class FsBackend(DirBackend):
             device, target, None if fmt == "auto" else fstype, list(pool.mount_opts)
         )
 
-    async def stop(self, pool: PoolDefinition) -> None:
+    async def stop(self, pool: PoolDefinition, force: bool = False) -> None:
         if not self._mounted_here(pool):
             return
         await mounts.unmount(self.target_path(pool))

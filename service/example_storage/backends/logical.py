@@ -250,7 +250,7 @@ class LogicalBackend(Backend):
         if await lvm.activation_possible():
             await lvm.vgchange_activate(self.vg_name(pool), True)
 
-    async def stop(self, pool: PoolDefinition) -> None:
+    async def stop(self, pool: PoolDefinition, force: bool = False) -> None:
         """Deactivate the VG (``vgchange -an``; Busy while an LV is open) where LVM can."""
         vg = self.vg_name(pool)
         if await lvm.find_vg(vg) is None:

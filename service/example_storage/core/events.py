@@ -29,6 +29,10 @@ class StorageListener(Protocol):
 
     def volume_changed(self, pool: StoragePool, volume: VolumeDefinition) -> None: ...
 
+    def luns_changed(self, pool: StoragePool, added: list[str], removed: list[str]) -> None:
+        """The LUNs (volume names) of a pool that polls its target came or went
+        (after their volume_added/volume_removed events)."""
+
     # Host block devices (core/devices.py): appeared, went away, properties changed.
     def device_added(self, device: BlockDevice) -> None: ...
 

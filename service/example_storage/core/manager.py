@@ -20,6 +20,7 @@ from .device_lookup import same_device
 from .devices import DeviceRegistry
 from .events import ListenerSet
 from .pool import INACTIVE, StoragePool
+from .secrets import SecretStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class StorageManager:
         self.listeners = ListenerSet()
         self.pools: dict[str, StoragePool] = {}
         self._backend_for = backend_factory
+        self.secrets = SecretStore(config_dir)   # CHAP secrets; never logged or returned
         self._registry_lock = asyncio.Lock()   # name/UUID uniqueness of new pools
         # the host's block devices; started by the service (coldplug + uevents)
         self.devices = DeviceRegistry(self.listeners, pool_of=self.pool_using_device)
@@ -80,10 +82,21 @@ class StorageManager:
         if not pool.persistent:
             del self.pools[pool.name]
 
+    def _backend(self, pool_type: str) -> Backend:
+        backend = self._backend_for(pool_type)
+        if hasattr(backend, "secret_lookup"):      # backends that log in (iscsi-direct)
+            backend.secret_lookup = self.secrets.for_auth
+        return backend
+
+    def set_secret(self, usage: str, value: bytes, uuid: str | None = None) -> None:
+        """Store a secret (Manager.SetSecret); an empty value removes it."""
+        self.secrets.set(usage, value, uuid=uuid)
+        log.info("secret for usage '%s' %s", usage[:256], "set" if value else "removed")
+
     def _add(self, definition: PoolDefinition, *, persistent: bool, autostart: bool = False
              ) -> StoragePool:
         pool = StoragePool(
-            definition, self._backend_for(definition.type), self.store, self.listeners,
+            definition, self._backend(definition.type), self.store, self.listeners,
             persistent=persistent, autostart=autostart,
         )
         self.pools[pool.name] = pool
@@ -127,7 +140,7 @@ class StorageManager:
         """libvirt's <sources> list of what storage of ``pool_type`` the host offers
         (every VG for 'logical'); ``source_xml`` is an optional <source> hint."""
         hint = parse_source_xml(source_xml, pool_type)
-        sources = await self._backend_for(pool_type).find_sources(hint)
+        sources = await self._backend(pool_type).find_sources(hint)
         return format_pool_sources_xml(sources, pool_type)
 
     # -- define / create / undefine -----------------------------------------
@@ -209,9 +222,9 @@ class StorageManager:
             else:
                 self.listeners.pool_changed(pool)
 
-    async def destroy_pool(self, pool: StoragePool) -> None:
+    async def destroy_pool(self, pool: StoragePool, force: bool = False) -> None:
         async with pool.lock:
-            await pool.stop()
+            await pool.stop(force)
             if not pool.persistent:
                 self.pools.pop(pool.name, None)
                 self.listeners.pool_removed(pool)

@@ -31,6 +31,11 @@ DEGRADED = "degraded"
 INACCESSIBLE = "inaccessible"
 ACTIVE_STATES = (RUNNING, DEGRADED)
 
+# How often a running pool whose backend sets ``polls_luns`` (iscsi-direct) re-lists its
+# LUNs to notice ones added or removed on the target (seconds; Pool.Start's option
+# 'lun-poll-interval' overrides it for that run, 0 turns the check off).
+DEFAULT_LUN_POLL_INTERVAL = 5.0
+
 
 class StoragePool:
     def __init__(
@@ -57,6 +62,8 @@ class StoragePool:
         self.lost_device = ""          # the device whose loss made the pool inaccessible
         self.devices: list[PoolDevice] = []
         self.lock = asyncio.Lock()
+        self.lun_poll_interval = DEFAULT_LUN_POLL_INTERVAL
+        self._lun_poll: asyncio.Task | None = None
 
     # -- read-only views ----------------------------------------------------
     @property
@@ -139,11 +146,14 @@ class StoragePool:
         self.state = RUNNING
         self._apply_refresh(result)
         self.listeners.pool_changed(self)
+        self._start_lun_poll()
 
-    async def stop(self) -> None:
+    async def stop(self, force: bool = False) -> None:
         if self.state not in (*ACTIVE_STATES, INACCESSIBLE):
             raise InvalidState(f"pool '{self.name}' is {self.state}; it is not running")
-        if self.state != INACCESSIBLE:
+        if force:
+            await self.backend.stop(self.definition, force=True)   # also clears a stale mount
+        elif self.state != INACCESSIBLE:
             await self.backend.stop(self.definition)
         self.mark_inactive()
 
@@ -153,6 +163,7 @@ class StoragePool:
         if remaining > 0:
             self._set_state(DEGRADED)
             return
+        self._stop_lun_poll()
         self._drop_volumes()
         self.stats = PoolStats()
         self.runtime_source = None
@@ -161,6 +172,7 @@ class StoragePool:
 
     def mark_inactive(self) -> None:
         """Forget runtime state: volumes gone, figures zero, state file removed."""
+        self._stop_lun_poll()
         self.store.remove_state(self.name)
         self.lost_device = ""
         self._drop_volumes()
@@ -178,8 +190,13 @@ class StoragePool:
 
     async def refresh(self) -> None:
         self._require_active("Refresh")
-        result = await self.backend.refresh(self.definition)
-        self._apply_refresh(result)
+        try:
+            result = await self.backend.refresh(self.definition)
+        except Exception:
+            if not await self.backend.is_active(self.definition):   # its storage went away
+                self.mark_lost_device(self.target_path, 0)
+            raise
+        self._apply_lun_refresh(result)
         self.listeners.pool_changed(self)
         self.listeners.pool_refreshed(self)
 
@@ -194,6 +211,7 @@ class StoragePool:
             return False
         self.state = RUNNING
         self._apply_refresh(result)
+        self._start_lun_poll()
         return True
 
     async def _stop_quietly(self) -> None:
@@ -217,6 +235,49 @@ class StoragePool:
                 self.listeners.volume_added(self, vol)
             elif old != vol:
                 self.listeners.volume_changed(self, vol)
+
+    def _apply_lun_refresh(self, result: RefreshResult) -> None:
+        """Apply a refresh; for a pool that polls LUNs, also tell the listeners which
+        volumes (LUNs) came and went (Pool.LunsChanged)."""
+        before = set(self.volumes)
+        self._apply_refresh(result)
+        if not getattr(self.backend, "polls_luns", False):
+            return
+        added = sorted(set(self.volumes) - before)
+        removed = sorted(before - set(self.volumes))
+        if added or removed:
+            self.listeners.luns_changed(self, added, removed)
+
+    # -- the periodic LUN check (iscsi-direct) ----------------------------------
+    def _start_lun_poll(self) -> None:
+        self._stop_lun_poll()
+        if getattr(self.backend, "polls_luns", False) and self.lun_poll_interval > 0:
+            self._lun_poll = asyncio.get_running_loop().create_task(self._poll_luns())
+
+    def _stop_lun_poll(self) -> None:
+        task, self._lun_poll = self._lun_poll, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _poll_luns(self) -> None:
+        """Re-list the LUNs every ``lun_poll_interval`` seconds, under the pool's lock
+        (skipping a round while someone else holds it); failures are logged, not fatal."""
+        while True:
+            await asyncio.sleep(self.lun_poll_interval)
+            if self.lock.locked():
+                continue
+            async with self.lock:
+                if not self.active:
+                    return
+                try:
+                    result = await self.backend.refresh(self.definition)
+                except Exception as e:  # noqa: BLE001 - try again next round
+                    log.warning("LUN check of pool %s failed: %s", self.name, e)
+                    continue
+                before = (self.stats, set(self.volumes))
+                self._apply_lun_refresh(result)
+                if before != (self.stats, set(self.volumes)):
+                    self.listeners.pool_changed(self)
 
     def _drop_volumes(self) -> None:
         for name in list(self.volumes):

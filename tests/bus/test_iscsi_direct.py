@@ -1,0 +1,242 @@
+"""iscsi-direct pools against a real tgtd on 127.0.0.1 (tests/harness/tgtd.py): discovery,
+LUNs as volumes with exact sizes and WWN keys, LUNs added/removed on the target announced
+by Pool.LunsChanged with no Refresh call, and CHAP (right, wrong, missing secret) with the
+secret never showing up in anything a client or another local user can read."""
+
+import asyncio
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.bus.helpers import POOL, VOLUME
+from tests.harness.tgtd import Tgtd, tgt_missing
+
+E = "org.example.Storage.Error."
+IQN1 = "iqn.2026-11.org.example:disks"
+IQN2 = "iqn.2026-11.org.example:other"
+INITIATOR = "iqn.2026-11.org.example:client"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def tgtd(tmp_path):
+    reason = tgt_missing()
+    if reason:
+        pytest.skip(reason)
+    target = Tgtd(tmp_path / "tgt").start()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+def pool_xml(name: str, tgtd: Tgtd, iqn: str, auth: str = "") -> str:
+    return f"""<pool type='iscsi-direct'><name>{name}</name>
+  <source><host name='127.0.0.1' port='{tgtd.port}'/><device path='{iqn}'/>
+    <initiator><iqn name='{INITIATOR}'/></initiator>{auth}</source></pool>"""
+
+
+async def volumes_by_name(svc, pool: str) -> dict[str, dict]:
+    paths = await svc.call(pool, POOL, "ListVolumes", "a{sv}", {})
+    out = {}
+    for path in paths:
+        props = await svc.props(path, VOLUME)
+        out[props["Name"]] = {**props, "path": path}
+    return out
+
+
+async def test_discovery_lists_the_portals_targets(svc, tgtd):
+    tgtd.add_target(IQN1)
+    tgtd.add_target(IQN2)
+    hint = f"<source><host name='127.0.0.1' port='{tgtd.port}'/></source>"
+    xml = await svc.manager("FindPoolSources", "ssa{sv}", "iscsi-direct", hint, {})
+    assert f"<device path='{IQN1}'/>" in xml and f"<device path='{IQN2}'/>" in xml
+    assert f"<host name='127.0.0.1' port='{tgtd.port}'/>" in xml
+    # the kernel 'iscsi' type discovers the same way
+    xml = await svc.manager("FindPoolSources", "ssa{sv}", "iscsi", hint, {})
+    assert f"<device path='{IQN1}'/>" in xml and f"<device path='{IQN2}'/>" in xml
+
+    # no hint: a clear error; a portal nobody listens on: Failed, no traceback
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", "", {})
+    assert err.type == E + "InvalidArgument" and "host" in err.text
+    dead = "<source><host name='127.0.0.1' port='1'/></source>"
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", dead, {})
+    assert err.type == E + "Failed" and "Traceback" not in err.text
+
+
+async def test_luns_as_volumes_and_changes_signalled(svc, tgtd, tmp_path):
+    tgtd.add_target(IQN1)
+    tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB, serial="SERIAL1")
+    tgtd.add_lun(IQN1, 2, tmp_path / "lun2.img", 12 * MiB + 4096)
+    pool = await svc.manager("DefinePool", "sa{sv}", pool_xml("ip", tgtd, IQN1), {})
+    await svc.call(pool, POOL, "Start", "a{sv}",
+                   {"lun-poll-interval": svc.variant("d", 0.3)})
+
+    vols = await volumes_by_name(svc, pool)
+    assert sorted(vols) == ["unit:0:0:1", "unit:0:0:2"]    # the controller LUN 0 is not a disk
+    assert vols["unit:0:0:1"]["Capacity"] == 8 * MiB
+    assert vols["unit:0:0:2"]["Capacity"] == 12 * MiB + 4096      # exact, not rounded
+    assert vols["unit:0:0:2"]["Type"] == "network"
+    assert vols["unit:0:0:2"]["Path"] == f"iscsi://127.0.0.1:{tgtd.port}/{IQN1}/2"
+    keys = {v["Key"] for v in vols.values()}
+    assert len(keys) == 2 and all(len(k) == 32 and k.startswith("6") for k in keys)  # NAA 6
+    found = await svc.manager("LookupVolumeByKey", "sa{sv}", vols["unit:0:0:1"]["Key"], {})
+    assert found == vols["unit:0:0:1"]["path"]
+    props = await svc.props(pool, POOL)
+    assert props["State"] == "running" and props["Capacity"] == 20 * MiB + 4096
+
+    # LUNs belong to the target's administrator; Wipe has no libiscsi-bin tool to write
+    for member, sig, args in (("Wipe", "a{sv}", [{}]), ("Delete", "a{sv}", [{}]),
+                              ("Resize", "ta{sv}", [16 * MiB, {}])):
+        err = await svc.call_error(vols["unit:0:0:1"]["path"], VOLUME, member, sig, *args)
+        assert err.type == E + "NotSupported", (member, err.text)
+    err = await svc.call_error(pool, POOL, "CreateVolume", "sa{sv}",
+                               "<volume><name>x</name><capacity>1</capacity></volume>", {})
+    assert err.type == E + "NotSupported"
+    assert (tmp_path / "lun1.img").stat().st_size == 8 * MiB
+
+    rec = await svc.recorder()
+    tgtd.add_lun(IQN1, 3, tmp_path / "lun3.img", 4 * MiB)
+    sig = await rec.wait_for(lambda s: s.member == "LunsChanged", timeout=5)
+    assert sig.path == pool
+    added, removed = sig.body
+    assert removed == [] and len(added) == 1 and added[0].endswith("/unit_3a0_3a0_3a3")
+    assert (await svc.props(added[0], VOLUME))["Capacity"] == 4 * MiB
+
+    n = len(rec.signals)
+    tgtd.remove_lun(IQN1, 1)
+    sig = await rec.wait_for(lambda s: s.member == "LunsChanged", timeout=5, start=n)
+    assert sig.body == [[], [vols["unit:0:0:1"]["path"]]]
+    assert sorted(await volumes_by_name(svc, pool)) == ["unit:0:0:2", "unit:0:0:3"]
+    # the volume objects went away / came with the ObjectManager's signals too
+    assert rec.matching(lambda s: s.member == "InterfacesRemoved"
+                        and s.body[0] == vols["unit:0:0:1"]["path"])
+    assert rec.matching(lambda s: s.member == "InterfacesAdded" and s.body[0] == added[0])
+    assert "Refresh" not in svc.daemon.log()
+
+    # Destroy stops the check: a LUN added afterwards is not announced
+    await svc.call(pool, POOL, "Destroy", "a{sv}", {})
+    n = len(rec.signals)
+    tgtd.add_lun(IQN1, 4, tmp_path / "lun4.img", 4 * MiB)
+    await asyncio.sleep(1.0)
+    assert not rec.matching(lambda s: s.member == "LunsChanged" and rec.signals.index(s) >= n)
+
+    err = await svc.call_error(pool, POOL, "Start", "a{sv}",
+                               {"lun-poll-interval": svc.variant("d", -1.0)})
+    assert err.type == E + "InvalidArgument"
+
+
+class CmdlineSampler:
+    """Reads every process's /proc/PID/cmdline (as any local user could) in a thread
+    while the daemon works, and remembers every argv that contains ``needle``."""
+
+    def __init__(self, needle: bytes) -> None:
+        self.needle = needle
+        self.hits: list[bytes] = []
+        self.samples = 0
+        self.probes_seen = 0      # the daemon's libiscsi probe caught while it ran
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or pid == me:
+                    continue
+                try:
+                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if self.needle in raw:
+                    self.hits.append(raw)
+                if b"iscsi_probe" in raw:
+                    self.probes_seen += 1
+            self.samples += 1
+
+    def __enter__(self) -> "CmdlineSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+async def test_chap_right_wrong_missing_and_never_leaked(svc, tgtd, tmp_path):
+    secret = "Chap-Secret-7f3a91"     # tgtd wants 12..16 characters
+    tgtd.add_target(IQN1)
+    tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB)
+    tgtd.add_chap(IQN1, "alice", secret)
+    auth = "<auth type='chap' username='alice'><secret usage='tgt-disks'/></auth>"
+    pool = await svc.manager("DefinePool", "sa{sv}", pool_xml("chap", tgtd, IQN1, auth), {})
+
+    with CmdlineSampler(secret.encode()) as sampler:
+        # missing: the pool names a secret nobody set
+        err = await svc.call_error(pool, POOL, "Start", "a{sv}", {})
+        assert err.type == E + "NotFound" and "tgt-disks" in err.text and "SetSecret" in err.text
+
+        # wrong: the target refuses the login, with a clear message
+        await svc.manager("SetSecret", "saya{sv}", "tgt-disks", b"Wrong-Secret-0000", {})
+        err = await svc.call_error(pool, POOL, "Start", "a{sv}", {})
+        assert err.type == E + "Failed" and "Authentication failure" in err.text
+        assert "CHAP" in err.text
+        assert (await svc.props(pool, POOL))["State"] == "inactive"
+
+        # right: the pool starts and lists the LUN
+        await svc.manager("SetSecret", "saya{sv}", "tgt-disks", secret.encode(), {})
+        await svc.call(pool, POOL, "Start", "a{sv}",
+                       {"lun-poll-interval": svc.variant("d", 0.2)})
+        assert sorted(await volumes_by_name(svc, pool)) == ["unit:0:0:1"]
+        await asyncio.sleep(0.6)          # a few periodic checks log in again
+
+        # the secret is in no reply
+        replies = [
+            await svc.call(pool, POOL, "GetXMLDesc", "a{sv}", {}),
+            await svc.props(pool, POOL),
+            await svc.managed_objects(),
+            await svc.manager("FindPoolSources", "ssa{sv}", "iscsi-direct",
+                              f"<source><host name='127.0.0.1' port='{tgtd.port}'/></source>",
+                              {}),
+        ]
+        await svc.call(pool, POOL, "Destroy", "a{sv}", {})
+    assert sampler.samples > 0 and sampler.probes_seen > 0
+    assert sampler.hits == [], "the CHAP secret showed up in a process's command line"
+    for reply in replies:
+        assert secret not in repr(reply)
+    assert "secret usage='tgt-disks'" in replies[0]            # the reference, not the value
+    assert secret not in svc.daemon.log()
+    assert "Wrong-Secret-0000" not in svc.daemon.log()
+
+    # stored 0600 (dir 0700) in the config dir, holding exactly the bytes
+    files = list((svc.config_dir / "secrets").iterdir())
+    assert len(files) == 1 and files[0].read_bytes() == secret.encode()
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE((svc.config_dir / "secrets").stat().st_mode) == 0o700
+
+    # bad input: refused, nothing stored
+    err = await svc.manager_error("SetSecret", "saya{sv}", "", b"x", {})
+    assert err.type == E + "InvalidArgument"
+    err = await svc.manager_error("SetSecret", "saya{sv}", "u", b"x",
+                                  {"uuid": svc.variant("s", "not-a-uuid")})
+    assert err.type == E + "InvalidArgument"
+    assert len(list((svc.config_dir / "secrets").iterdir())) == 1
+
+
+async def test_running_pool_survives_a_daemon_restart_and_keeps_watching(svc, tgtd, tmp_path):
+    tgtd.add_target(IQN1)
+    tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB)
+    pool = await svc.manager("DefinePool", "sa{sv}", pool_xml("ip", tgtd, IQN1), {})
+    await svc.call(pool, POOL, "Start", "a{sv}", {"lun-poll-interval": svc.variant("d", 0.3)})
+    await svc.restart()
+    assert (await svc.props(pool, POOL))["State"] == "running"
+    assert sorted(await volumes_by_name(svc, pool)) == ["unit:0:0:1"]
+    # after a restart the check runs at the daemon-wide default (5 s)
+    rec = await svc.recorder()
+    tgtd.add_lun(IQN1, 2, tmp_path / "lun2.img", 4 * MiB)
+    sig = await rec.wait_for(lambda s: s.member == "LunsChanged", timeout=8)
+    assert sig.path == pool and len(sig.body[0]) == 1 and sig.body[1] == []
+    await svc.call(pool, POOL, "Destroy", "a{sv}", {})
