@@ -55,8 +55,9 @@ NOT_HERE = {
     "vol-file-backing.xml": "a raw volume cannot have a backing store (libvirt refuses too)",
     "vol-file-qcow2.xml": "libvirt has no out file for it",
     "vol-luks.xml": "LUKS encryption is not supported yet",
-    "vol-logical.xml": "needs a logical pool (LVM issue)",
-    "vol-logical-backing.xml": "needs a logical pool (LVM issue)",
+    "vol-logical.xml": "needs a logical pool: tests/bus/test_logical_pool.py creates it",
+    "vol-logical-backing.xml": "a snapshot in a logical pool: needs device-mapper "
+                               "(tests/bus/test_logical_pool_dm.py snapshots in the VM lane)",
     "vol-partition.xml": "a disk pool names partitions itself (sda1 is refused, expected "
                          "loopNpM): tests/bus/test_disk_pool.py checks exactly that",
 }
