@@ -29,3 +29,24 @@ def scratch_disk() -> str:
     finally:
         os.close(fd)
     return dev
+
+
+@pytest.fixture
+async def guest_svc(tmp_path):
+    """The storage daemon on a private bus inside the guest (kernel uevents: no udevd
+    there), with a connected client (tests/bus/conftest.py's Service)."""
+    from tests.bus.conftest import Service
+    from tests.harness.bus import PrivateBus
+    from tests.harness.daemon import StorageDaemon
+
+    bus = PrivateBus().start()
+    daemon = StorageDaemon(bus, tmp_path, extra_args=["--udev-source", "kernel"])
+    service = Service(bus, daemon, tmp_path)
+    try:
+        daemon.start(timeout=120)   # Python starts slowly under TCG
+        await service.connect()
+        yield service
+    finally:
+        await service.close()
+        daemon.stop()
+        bus.stop()

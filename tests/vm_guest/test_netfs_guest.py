@@ -19,10 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bus.conftest import Service
 from tests.bus.helpers import POOL, VOLUME, dir_pool_xml, raw_volume_xml
-from tests.harness.bus import PrivateBus
-from tests.harness.daemon import StorageDaemon
 from tests.vm.guest import run
 
 pytestmark = pytest.mark.vm
@@ -62,21 +59,12 @@ def nfs_server() -> str:
     return port
 
 
-@pytest.fixture
-async def guest_svc(tmp_path):
-    bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, tmp_path, extra_args=["--udev-source", "kernel"])
-    service = Service(bus, daemon, tmp_path)
-    try:
-        daemon.start(timeout=120)
-        await service.connect()
-        yield service
-    finally:
-        await service.close()
-        daemon.stop()
-        bus.stop()
-        run(["sh", "-c", "ip route del blackhole 10.0.2.2 2>/dev/null; "
-                         "umount -f -l /var/tmp/estest-nfs-* 2>/dev/null; true"])
+@pytest.fixture(autouse=True)
+def _leftovers():
+    """After the daemon (guest_svc) has stopped: the blackhole route, any NFS mount."""
+    yield
+    run(["sh", "-c", "ip route del blackhole 10.0.2.2 2>/dev/null; "
+                     "umount -f -l /var/tmp/estest-nfs-* 2>/dev/null; true"])
 
 
 def _server_files(port: str) -> list[str]:

@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bus.conftest import Service
 from tests.bus.helpers import POOL, VOLUME, fs_pool_xml, raw_volume_xml
-from tests.harness.bus import PrivateBus
-from tests.harness.daemon import StorageDaemon
 from tests.vm.guest import run
 
 pytestmark = pytest.mark.vm
@@ -41,21 +38,12 @@ def _scsi_debug_disk() -> tuple[str, str]:
     raise AssertionError("scsi_debug created no disk")
 
 
-@pytest.fixture
-async def guest_svc(tmp_path):
-    bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, tmp_path, extra_args=["--udev-source", "kernel"])
-    service = Service(bus, daemon, tmp_path)
-    try:
-        daemon.start(timeout=120)
-        await service.connect()
-        yield service
-    finally:
-        await service.close()
-        daemon.stop()
-        bus.stop()
-        run(["sh", "-c", "umount -l /var/tmp/estest-mnt-* 2>/dev/null; true"])
-        run(["sh", "-c", "rmmod scsi_debug 2>/dev/null; true"])
+@pytest.fixture(autouse=True)
+def _leftovers():
+    """After the daemon (guest_svc) has stopped: the pool's mount, the scsi_debug disk."""
+    yield
+    run(["sh", "-c", "umount -l /var/tmp/estest-mnt-* 2>/dev/null; true"])
+    run(["sh", "-c", "rmmod scsi_debug 2>/dev/null; true"])
 
 
 async def test_fs_pool_follows_its_scsi_disk(guest_svc, tmp_path):
