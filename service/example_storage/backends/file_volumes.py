@@ -20,7 +20,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -462,6 +462,24 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
+async def _build_and_publish(
+    pool_dir: str, name: str, fmt: str, perms: Permissions | None,
+    build: Callable[[str], Awaitable[None]],
+) -> None:
+    """Make a new volume under a hidden temp name with ``build(tmp)``, record its format,
+    set its permissions and rename it into place without replacing anything; on any
+    failure (or cancel) nothing is left behind."""
+    tmp = _temp_path(pool_dir)
+    try:
+        await build(tmp)
+        _record_format(tmp, fmt)
+        apply_permissions(tmp, perms, DEFAULT_VOLUME_MODE)
+        publish_noreplace(tmp, os.path.join(pool_dir, name), what=f"volume '{name}'")
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
 async def create_volume(
     pool_dir: str, vol: VolumeDefinition, *, preallocation: str | None = None,
     progress: Progress | None = None,
@@ -491,32 +509,27 @@ async def create_volume(
         if preallocation in ("falloc", "full"):
             _check_space(pool_dir, capacity, f"preallocating '{name}'")
 
-    tmp = _temp_path(pool_dir)
-    try:
+    async def build(tmp: str) -> None:
         if fmt == "raw":
             await _in_thread(_create_raw, tmp, capacity, allocation, vol.nocow, progress=progress)
-        else:
-            backing = backing_fmt = None
-            if vol.backing_store is not None and vol.backing_store.path:
-                backing = vol.backing_store.path
-                backing_fmt = vol.backing_store.format or await asyncio.to_thread(
-                    _header_format, _resolve_backing(final, backing)
-                )
-            try:
-                await qemu_img.create(
-                    tmp, fmt, capacity, backing, backing_fmt,
-                    preallocation=preallocation,
-                    compat=vol.compat if fmt == "qcow2" else None,
-                    options=_qemu_create_options(vol, fmt),
-                )
-            except CommandFailed as exc:
-                raise _qemu_error(exc, f"cannot create volume '{name}'") from None
-        _record_format(tmp, fmt)
-        apply_permissions(tmp, vol.permissions, DEFAULT_VOLUME_MODE)
-        publish_noreplace(tmp, final, what=f"volume '{name}'")
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
+            return
+        backing = backing_fmt = None
+        if vol.backing_store is not None and vol.backing_store.path:
+            backing = vol.backing_store.path
+            backing_fmt = vol.backing_store.format or await asyncio.to_thread(
+                _header_format, _resolve_backing(final, backing)
+            )
+        try:
+            await qemu_img.create(
+                tmp, fmt, capacity, backing, backing_fmt,
+                preallocation=preallocation,
+                compat=vol.compat if fmt == "qcow2" else None,
+                options=_qemu_create_options(vol, fmt),
+            )
+        except CommandFailed as exc:
+            raise _qemu_error(exc, f"cannot create volume '{name}'") from None
+
+    await _build_and_publish(pool_dir, name, fmt, vol.permissions, build)
     return await volume_info(pool_dir, name)
 
 
@@ -795,24 +808,19 @@ async def clone_volume(
     _mode_uid_gid(new_vol.permissions, DEFAULT_VOLUME_MODE)
     _check_space(pool_dir, src_alloc, f"cloning into '{name}'")
 
-    tmp = _temp_path(pool_dir)
-    try:
+    async def build(tmp: str) -> None:
         if src_fmt == "raw" and dst_fmt == "raw":
             await _in_thread(_sparse_copy, src_path, tmp, src_capacity, capacity,
                              progress=progress)
-        else:
-            opts = {"compat": new_vol.compat} if dst_fmt == "qcow2" and new_vol.compat else {}
-            try:
-                await qemu_img.convert(src_path, src_fmt, tmp, dst_fmt, options=opts,
-                                       timeout=_copy_timeout(src_capacity))
-                if capacity > src_capacity:
-                    await qemu_img.resize(tmp, capacity, dst_fmt)
-            except CommandFailed as exc:
-                raise _qemu_error(exc, f"cannot clone into '{name}'") from None
-        _record_format(tmp, dst_fmt)
-        apply_permissions(tmp, new_vol.permissions, DEFAULT_VOLUME_MODE)
-        publish_noreplace(tmp, final, what=f"volume '{name}'")
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
+            return
+        opts = {"compat": new_vol.compat} if dst_fmt == "qcow2" and new_vol.compat else {}
+        try:
+            await qemu_img.convert(src_path, src_fmt, tmp, dst_fmt, options=opts,
+                                   timeout=_copy_timeout(src_capacity))
+            if capacity > src_capacity:
+                await qemu_img.resize(tmp, capacity, dst_fmt)
+        except CommandFailed as exc:
+            raise _qemu_error(exc, f"cannot clone into '{name}'") from None
+
+    await _build_and_publish(pool_dir, name, dst_fmt, new_vol.permissions, build)
     return await volume_info(pool_dir, name)
