@@ -294,13 +294,16 @@ class StoragePool:
         self.listeners.pool_changed(self)
 
     # -- volume operations (callers hold self.lock) -------------------------
+    def _check_new_name(self, name: str, what: str = "volume name") -> None:
+        validate_name(name, what)
+        if name in self.volumes:
+            raise AlreadyExists(f"pool '{self.name}' already has a volume '{name}'")
+
     def parse_new_volume(self, xml: str) -> VolumeDefinition:
         vol = parse_volume_xml(xml, self.type)
-        validate_name(vol.name, "volume name")
+        self._check_new_name(vol.name)
         if not vol.capacity:
             raise InvalidArgument("the volume XML needs a <capacity> greater than 0")
-        if vol.name in self.volumes:
-            raise AlreadyExists(f"pool '{self.name}' already has a volume '{vol.name}'")
         return vol
 
     async def create_volume(self, xml: str) -> VolumeDefinition:
@@ -312,9 +315,7 @@ class StoragePool:
     async def create_volume_from(self, xml: str, source: VolumeDefinition) -> VolumeDefinition:
         self._require_active("CreateVolumeFrom")
         vol = parse_volume_xml(xml, self.type)
-        validate_name(vol.name, "volume name")
-        if vol.name in self.volumes:
-            raise AlreadyExists(f"pool '{self.name}' already has a volume '{vol.name}'")
+        self._check_new_name(vol.name)
         created = await self.backend.create_volume_from(self.definition, vol, source)
         return await self._volume_appeared(created)
 
@@ -351,9 +352,7 @@ class StoragePool:
                               ) -> VolumeDefinition:
         self._require_active("Snapshot")
         origin = self.volume(name)
-        validate_name(snapshot_name, "snapshot name")
-        if snapshot_name in self.volumes:
-            raise AlreadyExists(f"pool '{self.name}' already has a volume '{snapshot_name}'")
+        self._check_new_name(snapshot_name, "snapshot name")
         if size <= 0:
             raise InvalidArgument("the snapshot size must be greater than 0")
         created = await self.backend.snapshot_volume(self.definition, origin, snapshot_name, size)
