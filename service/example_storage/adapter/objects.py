@@ -38,7 +38,8 @@ class ObjectTree:
         self.bus.export(path, obj)
         values = obj.property_values()
         self._announced[path] = values
-        self._signal("InterfacesAdded", "oa{sa{sv}}", [path, {obj.name: obj.property_variants()}])
+        self._signal("InterfacesAdded", "oa{sa{sv}}",
+                     [path, {obj.name: obj.property_variants(values)}])
 
     def _unexport(self, path: str) -> None:
         obj = self.objects.pop(path, None)

@@ -18,8 +18,11 @@ class ExportedObject(ServiceInterface):
     def property_values(self) -> dict[str, object]:
         raise NotImplementedError
 
-    def property_variants(self) -> dict[str, Variant]:
-        values = self.property_values()
+    def property_variants(self, values: dict[str, object] | None = None
+                          ) -> dict[str, Variant]:
+        """The properties as Variants (of ``values`` when the caller already read them)."""
+        if values is None:
+            values = self.property_values()
         return {name: Variant(sig, values[name]) for name, sig in self.PROPERTIES}
 
     def auth_details(self) -> dict[str, str]:
