@@ -20,6 +20,7 @@ FEATURES = (
     "build", "start", "stop", "delete", "refresh",
     "create_volume", "create_volume_from", "delete_volume", "resize_volume", "wipe_volume",
     "snapshot_volume", "find_sources", "add_devices", "remove_device",
+    "upload_volume", "download_volume",
 )
 
 
@@ -121,6 +122,22 @@ class Backend:
         self, pool: PoolDefinition, vol: VolumeDefinition, name: str, size: int
     ) -> VolumeDefinition:
         raise self._unsupported("Snapshot")
+
+    async def upload_volume(
+        self, pool: PoolDefinition, vol: VolumeDefinition, fd: int, offset: int, length: int
+    ) -> int:
+        """Write ``length`` bytes read from ``fd`` (0: until ``fd`` ends) into the volume
+        at ``offset``; returns the bytes written. The caller owns ``fd`` (never closed
+        here). Data past the volume's capacity is refused, not written."""
+        raise self._unsupported("Upload")
+
+    async def download_volume(
+        self, pool: PoolDefinition, vol: VolumeDefinition, fd: int, offset: int, length: int
+    ) -> int:
+        """Write the volume's bytes from ``offset`` (``length``; 0: to the end) into
+        ``fd``; returns the bytes sent. Holes stay holes where ``fd`` is a seekable file.
+        The caller owns ``fd``."""
+        raise self._unsupported("Download")
 
     # -- sources and devices ------------------------------------------------
     async def find_sources(self, hint: PoolSource | None) -> list[PoolSource]:
