@@ -190,3 +190,16 @@ async def test_find_pool_sources_rejects(svc, pool_type, hint, name):
     err = await svc.manager_error("FindPoolSources", "ssa{sv}", pool_type, hint, {})
     assert err.type == E + name, err.text
     assert "root:" not in err.text          # no file content ever reaches the caller
+
+
+async def test_error_replies_leave_no_traceback_in_the_log(svc):
+    """A refused call is an answer, not a crash: the daemon's log stays free of
+    tracebacks (dbus-next 0.2.3 logged one for every error reply of an async method)."""
+    for _ in range(3):
+        err = await svc.manager_error("DefinePool", "sa{sv}", "<pool", {})
+        assert err.type == E + "InvalidArgument"
+        err = await svc.manager_error("LookupPoolByName", "sa{sv}", "no-such-pool", {})
+        assert err.type == E + "NotFound"
+    await svc.manager("ListPools", "a{sv}", {})    # the log is written up to here
+    log = svc.daemon.log()
+    assert "Traceback" not in log and "Exception in callback" not in log, log[-2000:]

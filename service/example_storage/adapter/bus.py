@@ -42,3 +42,29 @@ class MessageBus(_MessageBus):
 
     def _emit_interface_removed(self, path, removed_interfaces):
         return None
+
+    if LIBRARY == "dbus-next":
+        def _send_reply(self, msg):
+            return _ErrorReply(super()._send_reply(msg))
+
+
+class _ErrorReply:
+    """dbus-next 0.2.3's reply context sends the error reply of a failed async method
+    but does not tell Python it handled the exception (its ``__exit__`` drops the
+    result), so asyncio logs a traceback for every error a caller receives. This
+    wrapper returns it; dbus-fast's own context already does."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, reply) -> None:
+        self._inner(reply)
+
+    def __exit__(self, exc_type, exc_value, tb) -> bool:
+        return bool(self._inner._exit(exc_type, exc_value, tb))
+
+    def send_error(self, exc) -> None:
+        self._inner.send_error(exc)
