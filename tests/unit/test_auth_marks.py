@@ -4,8 +4,9 @@ declaration is the one its documentation in introspection/ states."""
 import re
 
 import pytest
-from example_storage.adapter.calls import AUTH_ATTRIBUTE, PUBLIC
+from example_storage.adapter.calls import AUTH_ATTRIBUTE, OWNER_EXEMPT_ATTRIBUTE, PUBLIC
 from example_storage.adapter.device_iface import DeviceInterface
+from example_storage.adapter.job_iface import JobInterface
 from example_storage.adapter.manager_iface import ManagerInterface
 from example_storage.adapter.pool_iface import PoolInterface
 from example_storage.adapter.volume_iface import VolumeInterface
@@ -17,6 +18,7 @@ INTERFACES = {
     "org.example.Storage.Pool": PoolInterface,
     "org.example.Storage.Volume": VolumeInterface,
     "org.example.Storage.Device": DeviceInterface,
+    "org.example.Storage.Job": JobInterface,
 }
 CONTRACT = contract()
 METHODS = [
@@ -41,6 +43,11 @@ def test_method_declares_the_documented_action(iface, member):
     documented = documented_action(CONTRACT[iface].members[f"method:{member}"])
     assert documented is not None, f"{iface}.{member}: doc lacks 'Polkit action:'"
     assert declared == documented, f"{iface}.{member}: code says {declared}, doc {documented}"
+    # a method the object's owner (a job's starter) may call without the action says so
+    doc = CONTRACT[iface].members[f"method:{member}"].doc
+    exempt = getattr(target, OWNER_EXEMPT_ATTRIBUTE, False)
+    assert exempt == ("not needed by the job's starter" in " ".join(doc.split())), (
+        f"{iface}.{member}: owner exemption in code ({exempt}) and doc disagree")
 
 
 def test_documented_actions_exist_in_the_policy():

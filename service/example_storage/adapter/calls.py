@@ -1,10 +1,12 @@
 """The single choke point every exported method goes through.
 
-Each D-Bus method of our interfaces is decorated with ``@authorized(ACTION)`` or
-``@public``: the decorator finds the caller, reads the options, asks polkit, runs the
-method and turns any error into an ``org.example.Storage.Error.*`` D-Bus error, so no
-Python traceback ever reaches a caller. A test checks that every exported method
-carries one of the two marks and that it matches the introspection docs.
+Each D-Bus method of our interfaces is decorated with ``@authorized(ACTION)``,
+``@authorized_unless_owner(ACTION)`` (the object's owner, such as the user who started
+a job, needs no action) or ``@public``: the decorator finds the caller, reads the
+options, asks polkit, runs the method and turns any error into an
+``org.example.Storage.Error.*`` D-Bus error, so no Python traceback ever reaches a
+caller. A test checks that every exported method carries a mark and that it matches
+the introspection docs.
 """
 
 import contextvars
@@ -23,6 +25,7 @@ current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar
     "current_message", default=None)
 
 AUTH_ATTRIBUTE = "__polkit_action__"
+OWNER_EXEMPT_ATTRIBUTE = "__polkit_owner_exempt__"
 PUBLIC = "none"
 
 
@@ -54,7 +57,8 @@ def to_dbus_error(error: BaseException) -> DBusError:
     return DBusError(wrapped.dbus_name, wrapped.message)
 
 
-def _exported(action: str | None, option_actions: dict[str, str] | None = None) -> Callable:
+def _exported(action: str | None, option_actions: dict[str, str] | None = None,
+              owner_exempt: bool = False) -> Callable:
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         async def call(self, *args):
@@ -66,6 +70,9 @@ def _exported(action: str | None, option_actions: dict[str, str] | None = None) 
                 if action is not None:
                     if msg is None or not msg.sender:
                         raise Failed("cannot tell who is calling")
+                    if owner_exempt and await self.service.authority.caller_uid(
+                            msg.sender) == self.owner_uid():
+                        return await fn(self, *args)
                     interactive = not option(options, "auth.no_user_interaction", "b", False)
                     needed = [action] + [
                         extra for key, extra in (option_actions or {}).items()
@@ -80,6 +87,7 @@ def _exported(action: str | None, option_actions: dict[str, str] | None = None) 
 
         setattr(call, AUTH_ATTRIBUTE, action or PUBLIC)
         setattr(call, AUTH_ATTRIBUTE + "options", dict(option_actions or {}))
+        setattr(call, OWNER_EXEMPT_ATTRIBUTE, owner_exempt)
         return call
 
     return decorate
@@ -92,6 +100,12 @@ def authorized(action: str, when_option: dict[str, str] | None = None) -> Callab
     sets that option to true (CreatePool's "build" needs the build action too).
     """
     return _exported(action, when_option)
+
+
+def authorized_unless_owner(action: str) -> Callable:
+    """Mark a method as needing ``action`` unless the caller's uid is the object's
+    owner (``self.owner_uid()``: the uid that started a job), who needs nothing."""
+    return _exported(action, owner_exempt=True)
 
 
 def public(fn: Callable) -> Callable:

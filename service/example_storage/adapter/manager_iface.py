@@ -5,13 +5,13 @@ from .. import __version__
 from . import actions
 from .bus import method, signal
 from .calls import authorized, option, public
-from .paths import MANAGER_IFACE, device_path, pool_path, volume_path
+from .paths import MANAGER_IFACE, device_path, job_path, pool_path, volume_path
 from .properties import ExportedObject, with_properties
 
 
 @with_properties
 class ManagerInterface(ExportedObject):
-    PROPERTIES = (("Version", "s"), ("SupportedPoolTypes", "as"))
+    PROPERTIES = (("Version", "s"), ("SupportedPoolTypes", "as"), ("Jobs", "ao"))
 
     def __init__(self, service) -> None:
         super().__init__(MANAGER_IFACE, service)
@@ -21,7 +21,15 @@ class ManagerInterface(ExportedObject):
         return self.service.manager
 
     def property_values(self) -> dict[str, object]:
-        return {"Version": __version__, "SupportedPoolTypes": self.service.supported_pool_types()}
+        return {"Version": __version__, "SupportedPoolTypes": self.service.supported_pool_types(),
+                "Jobs": self._job_paths()}
+
+    def _job_paths(self) -> list[str]:
+        return [job_path(i) for i in sorted(self.manager.jobs.jobs)]
+
+    def jobs_changed(self) -> None:
+        """A job started or ended: announce the new Jobs list."""
+        self.emit_properties_changed({"Jobs": self._job_paths()})
 
     @method()
     @authorized(actions.POOL_DEFINE)

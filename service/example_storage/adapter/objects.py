@@ -10,7 +10,15 @@ import logging
 
 from .bus import Message, MessageBus, Variant
 from .device_iface import DeviceInterface
-from .paths import MANAGER_PATH, OBJECT_MANAGER_IFACE, device_path, pool_path, volume_path
+from .job_iface import JobInterface
+from .paths import (
+    MANAGER_PATH,
+    OBJECT_MANAGER_IFACE,
+    device_path,
+    job_path,
+    pool_path,
+    volume_path,
+)
 from .pool_iface import PoolInterface
 from .properties import ExportedObject
 from .volume_iface import VolumeInterface
@@ -94,6 +102,29 @@ class ObjectTree:
 
     def volume_changed(self, pool, volume) -> None:
         self._changed(volume_path(pool.name, volume.name))
+
+    # -- long operations (core/jobs.py) -----------------------------------------
+    def job_added(self, job) -> None:
+        self._export(job_path(job.id), JobInterface(job, self.service))
+        self.service.manager_object.jobs_changed()
+
+    def job_changed(self, job) -> None:
+        if self.bus.connected:
+            self._changed(job_path(job.id))
+
+    def job_removed(self, job) -> None:
+        """The last figures, then Completed, then InterfacesRemoved."""
+        path = job_path(job.id)
+        if not self.bus.connected:    # the daemon is stopping: nobody to tell
+            self.objects.pop(path, None)
+            self._announced.pop(path, None)
+            return
+        obj = self.objects.get(path)
+        if isinstance(obj, JobInterface):
+            self._changed(path)
+            obj.Completed(bool(job.success), job.message)
+        self._unexport(path)
+        self.service.manager_object.jobs_changed()
 
     def luns_changed(self, pool, added: list[str], removed: list[str]) -> None:
         obj = self.objects.get(pool_path(pool.name))

@@ -6,11 +6,13 @@ BUS_NAME = "org.example.Storage"
 MANAGER_PATH = "/org/example/Storage"
 POOLS_PATH = MANAGER_PATH + "/pools"
 DEVICES_PATH = MANAGER_PATH + "/devices"
+JOBS_PATH = MANAGER_PATH + "/jobs"
 
 MANAGER_IFACE = "org.example.Storage.Manager"
 POOL_IFACE = "org.example.Storage.Pool"
 VOLUME_IFACE = "org.example.Storage.Volume"
 DEVICE_IFACE = "org.example.Storage.Device"
+JOB_IFACE = "org.example.Storage.Job"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 
 
@@ -25,3 +27,8 @@ def volume_path(pool_name: str, volume_name: str) -> str:
 def device_path(kernel_name: str) -> str:
     """A host block device, by its kernel name ("sda1", "dm-0")."""
     return f"{DEVICES_PATH}/{encode_path_element(kernel_name)}"
+
+
+def job_path(job_id: int) -> str:
+    """A running job, by its number (counted from 1 in each run of the daemon)."""
+    return f"{JOBS_PATH}/{job_id}"

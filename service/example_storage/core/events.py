@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ..model.definitions import VolumeDefinition
     from .device_model import BlockDevice
+    from .jobs import Job
     from .pool import StoragePool
 
 
@@ -39,6 +40,14 @@ class StorageListener(Protocol):
     def device_removed(self, device: BlockDevice) -> None: ...
 
     def device_changed(self, device: BlockDevice) -> None: ...
+
+    # Long operations (core/jobs.py): started; progress figures changed (throttled);
+    # ended (``job.success`` and ``job.message`` tell how) and forgotten.
+    def job_added(self, job: Job) -> None: ...
+
+    def job_changed(self, job: Job) -> None: ...
+
+    def job_removed(self, job: Job) -> None: ...
 
 
 class ListenerSet:

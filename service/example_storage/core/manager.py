@@ -19,6 +19,7 @@ from .device_follower import PoolDeviceFollower
 from .device_lookup import same_device
 from .devices import DeviceRegistry
 from .events import ListenerSet
+from .jobs import JobRegistry
 from .pool import INACTIVE, StoragePool
 from .secrets import SecretStore
 
@@ -34,6 +35,7 @@ class StorageManager:
     ) -> None:
         self.store = PoolConfigStore(config_dir, run_dir)
         self.listeners = ListenerSet()
+        self.jobs = JobRegistry(self.listeners)    # long operations (Job objects)
         self.pools: dict[str, StoragePool] = {}
         self._backend_for = backend_factory
         self.secrets = SecretStore(config_dir)   # CHAP secrets; never logged or returned
