@@ -1,10 +1,14 @@
 """File volumes (dir/fs/netfs pools) on a temporary directory."""
 
 import asyncio
+import contextlib
+import errno
 import os
 import shutil
+import subprocess
 
 import pytest
+from example_storage.backends import block_io
 from example_storage.backends import file_volumes as fv
 from example_storage.backends.dir import DirBackend
 from example_storage.errors import (
@@ -25,6 +29,8 @@ from example_storage.model.definitions import (
 )
 from example_storage.system import qemu_img
 from example_storage.system.runner import run_command
+
+from tests.harness.loop import LoopDevice
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -400,3 +406,155 @@ async def test_dir_backend_lifecycle(tmp_path):
     await backend.stop(pool)
     await backend.delete(pool)
     assert not target.exists()
+
+
+# -- the data path on real filesystems: reflink, sparse copy, wipe by hole ------------
+
+def _tools(*names):
+    return all(shutil.which(n) for n in names)
+
+
+@contextlib.contextmanager
+def _mounted(tmp_path, fstype, size=320 * MiB):
+    """A fresh ``fstype`` filesystem on our own loop device, mounted below tmp_path
+    (mkfs.xfs wants at least 300 MiB; the image is sparse)."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices and mounts need root")
+    mkfs = {"xfs": ["mkfs.xfs", "-f", "-q", "-m", "reflink=1"],
+            "ext4": ["mkfs.ext4", "-F", "-q"]}[fstype]
+    if not _tools("losetup", "mount", "umount", mkfs[0]):
+        pytest.skip(f"needs losetup, mount and {mkfs[0]}")
+    try:
+        dev = LoopDevice(tmp_path / f"{fstype}.img", size)
+    except Exception as e:  # noqa: BLE001 - no free loop device here
+        pytest.skip(f"no loop device: {e}")
+    try:
+        subprocess.run([*mkfs, dev.path], check=True, capture_output=True, timeout=120)
+        mnt = tmp_path / f"mnt-{fstype}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", fstype, dev.path, str(mnt)], check=True,
+                       capture_output=True, timeout=60)
+        try:
+            yield mnt
+        finally:
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    finally:
+        dev.detach()
+
+
+def _write_islands(path, islands):
+    """Write non-zero data at (offset, length) places; returns the bytes written."""
+    block = os.urandom(MiB)
+    with open(path, "r+b") as f:
+        for at, n in islands:
+            f.seek(at)
+            for _ in range(n // MiB):
+                f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return sum(n for _, n in islands)
+
+
+def _shared_extents(path) -> bool:
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return "shared" in out
+
+
+async def test_clone_reflinks_on_xfs(tmp_path):
+    with _mounted(tmp_path, "xfs") as mnt:
+        src = await fv.create_volume(str(mnt), _vol("src", 256 * MiB))
+        _write_islands(src.path, [(0, 100 * MiB), (150 * MiB, 100 * MiB)])
+        free_before = fv.free_bytes(str(mnt))
+        clone = await fv.clone_volume(str(mnt), _vol("copy", None), src)
+        # 200 MiB of data, cloned on a filesystem with less than that left free: the
+        # extents are shared, not copied
+        assert free_before - fv.free_bytes(str(mnt)) < 8 * MiB
+        assert free_before < 200 * MiB
+        assert _shared_extents(clone.path)
+        assert clone.capacity == 256 * MiB and clone.format == "raw"
+        assert _same_bytes(src.path, clone.path)
+        # copy on write: the clone changes alone
+        with open(clone.path, "r+b") as f:
+            f.write(b"changed")
+        with open(src.path, "rb") as f:
+            assert f.read(7) != b"changed"
+        # a larger capacity still reflinks, then extends
+        big = await fv.clone_volume(str(mnt), _vol("big", 300 * MiB), src)
+        assert big.capacity == 300 * MiB and _shared_extents(big.path)
+
+
+@needs_qemu_img
+async def test_qcow2_clone_copies_the_file_only_when_nothing_changes(tmp_path):
+    with _mounted(tmp_path, "xfs") as mnt:
+        q = await fv.create_volume(str(mnt), _vol("q", 64 * MiB, format="qcow2"))
+        await run_command(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 8M", q.path])
+        plain = await fv.clone_volume(str(mnt), _vol("plain", None, format="qcow2"), q)
+        assert _shared_extents(plain.path)                # the file itself, reflinked
+        assert await qemu_img.compare(q.path, plain.path, "qcow2", "qcow2")
+        # with a backing file a copy would keep the chain: qemu-img convert flattens it
+        base = await fv.create_volume(str(mnt), _vol("base", 64 * MiB))
+        _write_islands(base.path, [(20 * MiB, MiB)])
+        child = await fv.create_volume(
+            str(mnt), _vol("child", 64 * MiB, format="qcow2",
+                           backing_store=BackingStore(path=base.path, format="raw")))
+        flat = await fv.clone_volume(str(mnt), _vol("flat", None, format="qcow2"), child)
+        assert flat.backing_store is None
+        assert await qemu_img.compare(child.path, flat.path, "qcow2", "qcow2")
+        # a bigger capacity is a change too: converted and resized
+        grown = await fv.clone_volume(str(mnt), _vol("grown", 96 * MiB, format="qcow2"), q)
+        assert grown.capacity == 96 * MiB and not _shared_extents(grown.path)
+
+
+async def test_clone_on_ext4_is_a_sparse_copy(tmp_path):
+    with _mounted(tmp_path, "ext4") as mnt:
+        src = await fv.create_volume(str(mnt), _vol("src", 1 * GiB))
+        data = _write_islands(src.path, [(i * 256 * MiB, 25 * MiB) for i in range(4)])
+        assert data == 100 * MiB
+        free_before = fv.free_bytes(str(mnt))
+        clone = await fv.clone_volume(str(mnt), _vol("copy", None), src)
+        st = os.stat(clone.path)
+        assert st.st_size == 1 * GiB
+        # allocated blocks follow the data (no reflink on ext4: a real copy of 100 MiB)
+        assert data <= st.st_blocks * 512 <= data + 4 * MiB
+        assert data - MiB <= free_before - fv.free_bytes(str(mnt)) <= data + 8 * MiB
+        assert not _shared_extents(clone.path)
+        assert _same_bytes(src.path, clone.path)
+
+
+async def test_wipe_sparse_raw_punches_holes(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("w", 64 * MiB))
+    _write_islands(vol.path, [(MiB, 8 * MiB), (40 * MiB, 4 * MiB)])
+    assert os.stat(vol.path).st_blocks * 512 >= 12 * MiB
+    await fv.wipe_volume(vol.path)
+    st = os.stat(vol.path)
+    assert st.st_size == 64 * MiB
+    assert st.st_blocks * 512 < MiB                     # the data became holes
+    with open(vol.path, "rb") as f:
+        assert f.read().count(0) == 64 * MiB
+
+
+async def test_wipe_preallocated_raw_keeps_allocation(tmp_path):
+    vol = await fv.create_volume(str(tmp_path), _vol("t", 32 * MiB, allocation=32 * MiB))
+    _write_islands(vol.path, [(0, 32 * MiB)])
+    seen = []
+    await fv.wipe_volume(vol.path, progress=lambda done, total: seen.append((done, total)))
+    st = os.stat(vol.path)
+    assert st.st_blocks * 512 >= 32 * MiB                # still preallocated (ZERO_RANGE)
+    with open(vol.path, "rb") as f:
+        assert f.read().count(0) == 32 * MiB
+    assert seen and seen[-1] == (32 * MiB, 32 * MiB)
+
+
+async def test_wipe_writes_zeroes_where_holes_cannot_be_made(tmp_path, monkeypatch):
+    def no_fallocate(fd, mode, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "not here")
+
+    monkeypatch.setattr(block_io, "fallocate", no_fallocate)
+    vol = await fv.create_volume(str(tmp_path), _vol("z", 16 * MiB))
+    _write_islands(vol.path, [(2 * MiB, 4 * MiB)])
+    await fv.wipe_volume(vol.path)
+    with open(vol.path, "rb") as f:
+        assert f.read().count(0) == 16 * MiB
+    assert os.stat(vol.path).st_blocks * 512 >= 4 * MiB   # written, not punched

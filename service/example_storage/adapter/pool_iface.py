@@ -1,11 +1,13 @@
 """org.example.Storage.Pool: one object per pool (introspection/org.example.Storage.Pool.xml)."""
 
-from ..core.pool import DEFAULT_LUN_POLL_INTERVAL
+from ..core import jobs
+from ..core.pool import DEFAULT_LUN_POLL_INTERVAL, MAX_LUN_POLL_INTERVAL
 from ..errors import InvalidArgument, NotFound
 from ..model.poolxml import format_pool_xml
 from . import actions
 from .bus import method, signal
 from .calls import authorized, option, public
+from .job_iface import running_job
 from .paths import POOL_IFACE, pool_path, volume_path
 from .properties import ExportedObject, with_properties
 
@@ -49,14 +51,14 @@ class PoolInterface(ExportedObject):
     @authorized(actions.POOL_BUILD)
     async def Build(self, options: "a{sv}"):
         overwrite = option(options, "overwrite", "b", False)
-        async with self.pool.lock:
+        async with running_job(self.service, jobs.POOL_BUILD, [self.path]), self.pool.lock:
             await self.pool.build(overwrite)
 
     @method()
     @authorized(actions.POOL_START_STOP)
     async def Start(self, options: "a{sv}"):
         interval = option(options, "lun-poll-interval", "d", DEFAULT_LUN_POLL_INTERVAL)
-        if not 0 <= interval <= 86400:
+        if not 0 <= interval <= MAX_LUN_POLL_INTERVAL:
             raise InvalidArgument("option 'lun-poll-interval' must be 0..86400 seconds")
         async with self.pool.lock:
             self.pool.lun_poll_interval = interval
@@ -121,7 +123,8 @@ class PoolInterface(ExportedObject):
         if source_obj is None:
             raise NotFound(f"no volume at {source}")
         source_vol = source_obj.volume
-        async with self.pool.lock:
+        job = running_job(self.service, jobs.VOLUME_CLONE, [self.path, source])
+        async with job, self.pool.lock:
             vol = await self.pool.create_volume_from(xml, source_vol)
         return volume_path(self.pool.name, vol.name)
 
@@ -135,7 +138,9 @@ class PoolInterface(ExportedObject):
     @method()
     @authorized(actions.POOL_BUILD)
     async def RemoveDevice(self, device: "s", options: "a{sv}"):
-        async with self.pool.lock:
+        # pvmove: killed half-way it would leave a move to resume or abort by hand
+        async with running_job(self.service, jobs.POOL_REMOVE_DEVICE, [self.path],
+                               cancelable=False), self.pool.lock:
             await self.pool.remove_device(device)
 
     @signal()

@@ -115,7 +115,10 @@ class Backend:
     ) -> VolumeDefinition:
         raise self._unsupported("Resize")
 
-    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
+    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition,
+                          algorithm: str = "zero") -> None:
+        """Make the volume read as zeroes ("zero": any fast way, discard included), or
+        write every byte with another of ``overwrite.ALGORITHMS`` (checked by core)."""
         raise self._unsupported("Wipe")
 
     async def snapshot_volume(

@@ -7,11 +7,13 @@ import errno
 import os
 import stat
 
-from ..errors import Busy, Failed, InvalidArgument, InvalidState, NotFound
+from .. import progress
+from ..errors import Busy, Failed, InvalidArgument, InvalidState, NotFound, NotSupported
 from ..model.definitions import PoolDefinition, VolumeDefinition
 from ..system.runner import which
-from . import file_volumes
+from . import file_volumes, overwrite
 from .base import FEATURES, Backend, PoolStats, RefreshResult
+from .block_io import cancellable
 
 DEFAULT_POOL_MODE = 0o711   # libvirt's default for pool directories
 
@@ -144,7 +146,8 @@ class DirBackend(Backend):
         self, pool: PoolDefinition, vol: VolumeDefinition, source: VolumeDefinition
     ) -> VolumeDefinition:
         self._check_format(vol)
-        return await file_volumes.clone_volume(await self.volume_dir(pool), vol, source)
+        return await file_volumes.clone_volume(await self.volume_dir(pool), vol, source,
+                                               progress=progress.reporter())
 
     async def delete_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
         await file_volumes.delete_volume(await self._volume_path(pool, vol))
@@ -156,8 +159,34 @@ class DirBackend(Backend):
             await self._volume_path(pool, vol), capacity, shrink
         )
 
-    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
-        await file_volumes.wipe_volume(await self._volume_path(pool, vol))
+    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition,
+                          algorithm: str = overwrite.ZERO) -> None:
+        path = await self._volume_path(pool, vol)
+        if algorithm == overwrite.ZERO:
+            await file_volumes.wipe_volume(path, progress=progress.reporter())
+            return
+        # Writing every byte: raw volumes only (it would destroy an image's header).
+        directory = await self.volume_dir(pool)
+        fresh = await file_volumes.volume_info(directory, vol.name)
+        if fresh.format != "raw":
+            raise NotSupported(f"wipe algorithm '{algorithm}' overwrites every byte; "
+                               f"'{vol.name}' is a {fresh.format} image (only raw volumes)")
+        real, real_dir = os.path.realpath(path), os.path.realpath(directory)
+        if os.path.commonpath([real, real_dir]) != real_dir:
+            raise InvalidState(f"'{vol.name}' does not resolve to a file of the pool")
+        await cancellable(overwrite.overwrite_file, real, algorithm, progress=progress.reporter())
+
+    async def upload_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                            offset: int, length: int) -> int:
+        """Raw volumes only (file_volumes.upload_volume)."""
+        return await file_volumes.upload_volume(
+            await self._volume_path(pool, vol), fd, offset, length)
+
+    async def download_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                              offset: int, length: int) -> int:
+        """An image format sends its file's bytes (file_volumes.download_volume)."""
+        return await file_volumes.download_volume(
+            await self._volume_path(pool, vol), fd, offset, length)
 
     async def volume_info(self, pool: PoolDefinition, name: str) -> VolumeDefinition:
         try:

@@ -9,27 +9,30 @@ four), gpt tables as many as the table holds. Only dos and gpt tables are handle
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import errno
+import functools
 import logging
 import os
+import threading
+from collections.abc import Callable
 
+from .. import progress
 from ..errors import Busy, Failed, InvalidArgument, InvalidState, NoSpace, NotFound, NotSupported
 from ..model.definitions import FreeExtent, PoolDefinition, VolumeDefinition
 from ..model.volxml import PARTITION_FORMATS
 from ..system import blkid
 from ..system import partitions as pt
 from ..system.runner import which
-from . import device_safety
+from . import block_io, device_safety, overwrite, transfer
 from .base import Backend, PoolDevice, PoolStats, RefreshResult
+from .block_io import cancellable
 
 log = logging.getLogger(__name__)
 
 MiB = pt.MiB
 GPT_MAX_PARTITIONS = 128            # parted's (and everyone's) default gpt table size
 DOS_MAX_PRIMARY = 4
-WIPE_CHUNK = 4 * MiB
 
 # Pool format (libvirt) -> parted's label name; 'unknown' builds dos, like libvirt.
 _PARTED_LABEL = {"unknown": "msdos", "dos": "msdos", "gpt": "gpt"}
@@ -43,6 +46,7 @@ class DiskBackend(Backend):
     features = frozenset({
         "build", "start", "stop", "delete", "refresh",
         "create_volume", "delete_volume", "resize_volume", "wipe_volume",
+        "upload_volume", "download_volume",
     })
     volume_formats = tuple(f for f in PARTITION_FORMATS if f != "extended")
     pool_formats = ("unknown", "dos", "gpt")
@@ -329,8 +333,10 @@ class DiskBackend(Backend):
             table = await self._reread(pool, device)
         return self._volume(os.path.basename(device), table, self._find(table, device, vol))
 
-    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
-        """Zero the whole partition (never while it is mounted or in use)."""
+    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition,
+                          algorithm: str = overwrite.ZERO) -> None:
+        """Overwrite the whole partition with zeroes (or ``algorithm``'s bytes), never
+        while it is mounted or in use."""
         device = self.source_device(pool)
         table = await self._table(pool, device)
         await self._sync(device, table)
@@ -340,11 +346,52 @@ class DiskBackend(Backend):
                                "partitions instead)")
         node = f"/dev/{vol.name}"
         device_safety.check_unused(node)
-        await asyncio.to_thread(_zero_partition, node, part, self._devno(device))
+        await cancellable(_overwrite_partition, node, part, self._devno(device), algorithm,
+                          progress=progress.reporter())
+
+    async def _partition_node(self, pool: PoolDefinition, vol: VolumeDefinition
+                              ) -> tuple[str, Callable[[int], None]]:
+        """The partition's node, and a check that an fd opened on it is that partition
+        of the pool's disk as its table describes it."""
+        device = self.source_device(pool)
+        table = await self._table(pool, device)
+        await self._sync(device, table)
+        part = self._find(table, device, vol)
+        if part.type in pt.DOS_EXTENDED and table.label == "dos":
+            raise NotSupported("an extended partition holds no data of its own")
+        node = f"/dev/{vol.name}"
+        disk_devno = self._devno(device)
+        return node, functools.partial(_check_partition, node=node, part=part,
+                                       disk_devno=disk_devno)
+
+    async def upload_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                            offset: int, length: int) -> int:
+        """Write into the partition (never while it is mounted or in use)."""
+        node, verify = await self._partition_node(pool, vol)
+        device_safety.check_unused(node)
+        return await block_io.in_thread(transfer.upload_to_path, node, fd, offset, length,
+                                        exclusive=True, verify=verify,
+                                        what=f"uploading into {node}")
+
+    async def download_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                              offset: int, length: int) -> int:
+        node, verify = await self._partition_node(pool, vol)
+        return await block_io.in_thread(transfer.download_from_path, node, fd, offset, length,
+                                        verify=verify, what=f"downloading {node}")
 
 
-def _zero_partition(node: str, part: pt.Partition, disk_devno: int) -> None:
-    """Write zeros over ``node``, after checking it is exactly ``part`` of our disk."""
+def _check_partition(fd: int, *, node: str, part: pt.Partition, disk_devno: int) -> None:
+    kernel = {k.number: k for k in pt.kernel_partitions(disk_devno)}.get(part.number)
+    if (kernel is None or os.fstat(fd).st_rdev != kernel.devno
+            or kernel.start != part.start or kernel.size != part.size):
+        raise Failed(f"{node} is not partition {part.number} of the pool's device "
+                     "as its table describes it")
+
+
+def _overwrite_partition(node: str, part: pt.Partition, disk_devno: int, algorithm: str, *,
+                         cancel: threading.Event, progress: overwrite.Progress) -> None:
+    """Write zeroes (or ``algorithm``'s bytes) over ``node``, after checking it is
+    exactly ``part`` of our disk."""
     try:
         fd = os.open(node, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
@@ -357,14 +404,12 @@ def _zero_partition(node: str, part: pt.Partition, disk_devno: int) -> None:
                 or kernel.start != part.start or kernel.size != part.size):
             raise Failed(f"{node} is not partition {part.number} of the pool's device "
                          "as its table describes it")
-        zeros = bytes(WIPE_CHUNK)
-        done = 0
-        while done < part.size:
-            n = os.pwrite(fd, zeros[: min(WIPE_CHUNK, part.size - done)], done)
-            if n <= 0:
-                raise Failed(f"short write to {node} at byte {done}")
-            done += n
-        os.fsync(fd)
+        if algorithm == overwrite.ZERO:   # BLKZEROOUT where the kernel offers it
+            zeroer = block_io.RangeZeroer(fd, keep_allocation=True, cancel=cancel)
+            zeroer.zero(0, part.size, progress, 0, part.size)
+            os.fsync(fd)
+        else:
+            overwrite.fill_fd(fd, 0, part.size, algorithm, cancel=cancel, progress=progress)
     except OSError as exc:
         raise Failed(f"cannot wipe {node}: {exc.strerror}") from None
     finally:

@@ -15,15 +15,18 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import secrets
 import stat
+import struct
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import progress as progress_mod
 from ..errors import (
     AlreadyExists,
     Cancelled,
@@ -38,6 +41,7 @@ from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
+from . import block_io, transfer
 from .block_io import cancellable
 
 log = logging.getLogger(__name__)
@@ -191,16 +195,18 @@ def publish_noreplace(tmp: str, final: str, *, what: str) -> None:
     os.unlink(tmp)
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any, progress: Progress | None = None) -> Any:
-    """Run ``fn(*args, cancel=Event, progress=cb)`` in a thread; cancelling the awaiting
-    task sets the event and waits for the thread to stop (so cleanup can follow)."""
+async def _in_thread(fn: Callable[..., Any], *args: Any, progress: Progress | None = None,
+                     **kwargs: Any) -> Any:
+    """Run ``fn(*args, cancel=Event, progress=cb, **kwargs)`` in a thread; cancelling the
+    awaiting task sets the event and waits for the thread to stop (so cleanup can
+    follow). ``progress`` (default: the running job's reporter) is called on the loop."""
     loop = asyncio.get_running_loop()
+    target = progress if progress is not None else progress_mod.reporter()
 
     def report(done: int, total: int) -> None:
-        if progress is not None:
-            loop.call_soon_threadsafe(progress, done, total)
+        loop.call_soon_threadsafe(target, done, total)
 
-    return await cancellable(fn, *args, progress=report)
+    return await cancellable(fn, *args, progress=report, **kwargs)
 
 
 # -- reading volumes -----------------------------------------------------------
@@ -597,22 +603,7 @@ async def resize_volume(
 def data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, end) of the parts of ``fd`` that hold data; all of it if the
     filesystem (or a block device) cannot tell holes apart."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                yield pos, size
-                return
-            raise
-        if start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        pos = end
+    return block_io.data_extents(fd, 0, size)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -652,26 +643,62 @@ def _copy_range(
             return   # the source ended early
         off += copied
         state["done"] += copied
+        if "report" in state:
+            state["report"](off)
 
 
-def _sparse_copy(
+FICLONE = 0x40049409   # _IOW(0x94, 9, int): share the source's extents (xfs, btrfs)
+_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL,
+                         errno.ENOTTY, errno.ENOSYS, errno.EBADF, errno.EPERM})
+
+
+def _reflink(src: int, dst: int) -> bool:
+    """FICLONE ``dst`` from ``src``; False where the filesystem (or pair) cannot."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+    except OSError as exc:
+        if exc.errno in _NO_REFLINK:
+            return False
+        raise
+    return True
+
+
+def _copy_file(
     src_path: str, dst_path: str, src_size: int, capacity: int, *,
+    space_check: Callable[[], None] | None = None,
     cancel: threading.Event, progress: Progress,
-) -> None:
+) -> str:
+    """Make ``dst_path`` a copy of ``src_path`` (``src_size`` bytes), then extend it to
+    ``capacity``. A regular file on the same filesystem is reflinked (FICLONE: no data
+    is copied, the extents are shared until written); otherwise ``space_check()`` runs
+    and a sparse copy follows the source's data extents (copy_file_range, or read/write
+    skipping all-zero chunks), so its time and space follow the data, not the size.
+    Returns "reflink" or "copy"."""
     src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         dst = os.open(
             dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
         try:
-            os.ftruncate(dst, src_size)
-            state: dict[str, Any] = {"cfr": hasattr(os, "copy_file_range"), "done": 0}
-            for start, end in data_segments(src, src_size):
-                _copy_range(src, dst, start, end, state, cancel)
-                progress(end, src_size)
+            src_st = os.fstat(src)
+            method = "copy"
+            if (stat.S_ISREG(src_st.st_mode) and src_st.st_size == src_size
+                    and src_st.st_dev == os.fstat(dst).st_dev and _reflink(src, dst)):
+                method = "reflink"
+                progress(src_size, src_size)
+            else:
+                if space_check is not None:
+                    space_check()
+                os.ftruncate(dst, src_size)
+                state: dict[str, Any] = {"cfr": hasattr(os, "copy_file_range"), "done": 0,
+                                         "report": lambda off: progress(off, src_size)}
+                for start, end in data_segments(src, src_size):
+                    _copy_range(src, dst, start, end, state, cancel)
+                progress(src_size, src_size)
             if capacity > src_size:
                 os.ftruncate(dst, capacity)
             os.fsync(dst)
+            return method
         finally:
             os.close(dst)
     except OSError as exc:
@@ -680,23 +707,24 @@ def _sparse_copy(
         os.close(src)
 
 
-def _zero_data(path: str, *, cancel: threading.Event, progress: Progress) -> None:
-    """Overwrite every data region of ``path`` with zeroes (holes already read as
-    zeroes and stay holes); the size does not change."""
+def _zero_data(path: str, *, cancel: threading.Event, progress: Progress) -> list[str]:
+    """Make every data region of ``path`` read as zeroes (holes already do); the size
+    does not change. A sparse file gets holes punched (its space is freed); a fully
+    allocated (preallocated) one keeps its allocation (FALLOC_FL_ZERO_RANGE); zeroes are
+    written where the filesystem can do neither. Returns the methods used."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        zero = bytes(_ZERO_CHUNK)
+        st = os.fstat(fd)
+        size = st.st_size
+        zeroer = block_io.RangeZeroer(
+            fd, keep_allocation=block_io.fully_allocated(st), cancel=cancel, st=st
+        )
+        progress(0, size)
         for start, end in list(data_segments(fd, size)):
-            off = start
-            while off < end:
-                if cancel.is_set():
-                    raise Cancelled("wipe cancelled")
-                n = min(_ZERO_CHUNK, end - off)
-                _pwrite_all(fd, memoryview(zero)[:n], off)
-                off += n
-            progress(end, size)
+            zeroer.zero(start, end, progress, start, size)   # reports (offset, size)
         os.fsync(fd)
+        progress(size, size)
+        return sorted(zeroer.used)
     except OSError as exc:
         raise _os_error(exc, f"cannot wipe {path}") from None
     finally:
@@ -708,8 +736,12 @@ def _zero_data(path: str, *, cancel: threading.Event, progress: Progress) -> Non
 async def wipe_volume(path: str, *, progress: Progress | None = None) -> None:
     """Make the volume read as zeroes, keeping its capacity.
 
-    raw: zeroes written in place over its data. Image formats: replaced by an empty
-    image of the same format, virtual size and backing file (owner and mode kept).
+    raw: its data regions made to read as zeroes in place: holes punched in a sparse
+    volume (its allocation drops), FALLOC_FL_ZERO_RANGE in a fully allocated one (it
+    stays allocated, as a preallocated volume should), zeroes written where the
+    filesystem can do neither (as libvirt's zero wipe always does). Image formats:
+    replaced by an empty image of the same format, virtual size and backing file
+    (owner and mode kept). ``progress`` (default: the running job's) gets (done, total).
     """
     pool_dir, name = os.path.split(path)
     scan = await _scan_or_notfound(pool_dir, name)
@@ -750,6 +782,48 @@ async def wipe_volume(path: str, *, progress: Progress | None = None) -> None:
         progress(1, 1)
 
 
+# -- upload / download -------------------------------------------------------------
+
+def _transfer_worker(
+    fn: Callable[..., int], path: str, fd: int, offset: int, length: int, what: str, *,
+    cancel: threading.Event, progress: Progress,
+) -> int:
+    try:
+        return fn(path, fd, offset, length, cancel=cancel, progress=progress)
+    except OSError as exc:
+        raise _os_error(exc, what) from None
+
+
+async def upload_volume(
+    path: str, fd: int, offset: int, length: int, *, progress: Progress | None = None
+) -> int:
+    """Write what ``fd`` holds (``length`` bytes, 0: until it ends) into the raw volume
+    ``path`` at ``offset`` (transfer.upload: the source's holes and zero chunks become
+    holes of a sparse volume); returns the bytes taken. Image formats are refused: the
+    bytes of a qcow2 file are not what its guest sees."""
+    pool_dir, name = os.path.split(path)
+    scan = await _scan_or_notfound(pool_dir, name)
+    if scan.format != "raw":
+        raise NotSupported(
+            f"'{name}' is a {scan.format} image; Upload writes only raw volumes"
+        )
+    return await _in_thread(_transfer_worker, transfer.upload_to_path, scan.real_path, fd,
+                            offset, length, f"uploading into '{name}'", progress=progress)
+
+
+async def download_volume(
+    path: str, fd: int, offset: int, length: int, *, progress: Progress | None = None
+) -> int:
+    """Write the bytes of the volume ``path`` from ``offset`` (``length``, 0: to the end)
+    into ``fd`` (transfer.download: holes stay holes in a seekable file); returns the
+    bytes sent. An image (qcow2 ...) sends its file's own bytes, as libvirt does, and
+    its range is the file's size."""
+    pool_dir, name = os.path.split(path)
+    scan = await _scan_or_notfound(pool_dir, name)
+    return await _in_thread(_transfer_worker, transfer.download_from_path, scan.real_path, fd,
+                            offset, length, f"downloading '{name}'", progress=progress)
+
+
 # -- clone -----------------------------------------------------------------------
 
 def _source_facts(path: str) -> tuple[str, int, int, bool]:
@@ -768,6 +842,47 @@ def _source_facts(path: str) -> tuple[str, int, int, bool]:
         os.close(fd)
 
 
+_QCOW2_INCOMPAT_CORRUPT = 1 << 1
+_QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+
+
+def _plain_copy_size(
+    path: str, src_fmt: str, dst_fmt: str, src_capacity: int, capacity: int,
+    new_vol: VolumeDefinition,
+) -> int | None:
+    """The bytes to copy when a clone is a plain copy of the source's file (raw to raw:
+    its capacity; a qcow2 image that needs no change: its file size), else None (the
+    clone goes through qemu-img convert)."""
+    if src_fmt != dst_fmt:
+        return None
+    if src_fmt == "raw":
+        return src_capacity
+    if src_fmt != "qcow2" or capacity != src_capacity:
+        return None
+    if new_vol.features or new_vol.nocow or new_vol.backing_store is not None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        head = os.pread(fd, HEADER_PROBE_BYTES, 0)
+    finally:
+        os.close(fd)
+    header = parse_qcow_header(head)
+    if header is None or header.format != "qcow2" or header.external_data_file:
+        return None
+    if header.backing_offset and header.backing_size:
+        return None   # a copy would keep the chain that convert flattens
+    if new_vol.compat not in (None, header.compat):
+        return None
+    if header.version >= 3 and len(head) >= 80:
+        (incompatible,) = struct.unpack_from(">Q", head, 72)
+        if incompatible & (_QCOW2_INCOMPAT_CORRUPT | _QCOW2_INCOMPAT_DATA_FILE):
+            return None
+    return st.st_size
+
+
 def _copy_timeout(size: int) -> float:
     return 600 + size / (10 * 1024 * 1024)   # at least 10 MiB/s
 
@@ -779,7 +894,10 @@ async def clone_volume(
     """Create ``pool_dir/new_vol.name`` holding a copy of ``source_vol`` (its ``path``,
     which comes from the service's own records: a file or a block device).
 
-    raw to raw is a sparse-aware copy; anything else goes through qemu-img convert.
+    raw to raw, and qcow2 to qcow2 where the copy needs no change (no backing file, no
+    external data file, same size and compat level, no new features), copy the file:
+    a reflink (FICLONE) on the same reflink-capable filesystem, else a sparse-aware copy.
+    Anything else goes through qemu-img convert (which flattens a backing chain).
     The new capacity is at least the source's; a larger one extends the copy.
     """
     name = check_volume_name(new_vol.name)
@@ -806,12 +924,20 @@ async def clone_volume(
     if os.path.lexists(final):
         raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
     _mode_uid_gid(new_vol.permissions, DEFAULT_VOLUME_MODE)
-    _check_space(pool_dir, src_alloc, f"cloning into '{name}'")
+    copy_size = await asyncio.to_thread(
+        _plain_copy_size, src_path, src_fmt, dst_fmt, src_capacity, capacity, new_vol
+    )
+    what = f"cloning into '{name}'"
+    if copy_size is None:
+        _check_space(pool_dir, src_alloc, what)
 
     async def build(tmp: str) -> None:
-        if src_fmt == "raw" and dst_fmt == "raw":
-            await _in_thread(_sparse_copy, src_path, tmp, src_capacity, capacity,
-                             progress=progress)
+        if copy_size is not None:
+            await _in_thread(
+                _copy_file, src_path, tmp, copy_size, capacity if src_fmt == "raw" else copy_size,
+                progress=progress,
+                space_check=lambda: _check_space(pool_dir, src_alloc, what),
+            )
             return
         opts = {"compat": new_vol.compat} if dst_fmt == "qcow2" and new_vol.compat else {}
         try:

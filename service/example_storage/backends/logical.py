@@ -28,6 +28,7 @@ import copy
 import logging
 import os
 
+from .. import progress
 from ..errors import (
     AlreadyExists,
     Busy,
@@ -47,7 +48,7 @@ from ..model.definitions import (
 )
 from ..system import blkid, lvm
 from ..system.runner import run_command, which
-from . import block_io, device_safety
+from . import block_io, device_safety, overwrite, transfer
 from .base import Backend, PoolDevice, PoolStats, RefreshResult
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ _FEATURES = frozenset({
     "resize_volume", "find_sources", "add_devices", "remove_device",
 })
 # These write or read through LV device nodes: only where device-mapper exists.
-_DM_FEATURES = frozenset({"wipe_volume", "snapshot_volume", "create_volume_from"})
+_DM_FEATURES = frozenset({"wipe_volume", "snapshot_volume", "create_volume_from",
+                          "upload_volume", "download_volume"})
 
 _NO_DM = ("LVM cannot activate volumes on this host (no device-mapper in the kernel, or "
           "activation disabled in lvm.conf): it manages metadata only")
@@ -459,9 +461,11 @@ class LogicalBackend(Backend):
             raise Busy(f"'{lv.name}' has snapshots ({', '.join(snaps)}); delete them first")
         await lvm.lvremove(vg, lv.name)
 
-    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
+    async def wipe_volume(self, pool: PoolDefinition, vol: VolumeDefinition,
+                          algorithm: str = overwrite.ZERO) -> None:
         """Zeroes through the LV's device (a thin LV is discarded, which frees its space
-        and reads back as zeroes; zeroes are written if the discard fails)."""
+        and reads back as zeroes; zeroes are written if the discard fails); another
+        ``algorithm`` ("random") writes every byte of the device."""
         vg = self.vg_name(pool)
         lv = await self._lv(vg, vol.name)
         if lv.kind in ("s", "S"):
@@ -476,6 +480,10 @@ class LogicalBackend(Backend):
                        f"{', '.join(small)}; delete them first")
         await self._require_devices(f"wiping '{lv.name}'")
         path = self._require_node(lv)
+        if algorithm != overwrite.ZERO:
+            await block_io.in_thread(overwrite.overwrite_device, path, algorithm,
+                                     progress=progress.reporter(), what=f"wiping '{lv.name}'")
+            return
         if lv.is_thin and which("blkdiscard"):
             res = await run_command(["blkdiscard", "--", path], timeout=DISCARD_TIMEOUT,
                                     check=False)
@@ -548,3 +556,29 @@ class LogicalBackend(Backend):
                 log.warning("could not remove the half-made clone %s/%s: %s", vg, vol.name, e)
             raise
         return await self.volume_info(pool, vol.name)
+
+    async def upload_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                            offset: int, length: int) -> int:
+        """Write into the LV through its device node; refused while a thick snapshot of
+        it is smaller than what may be written (it would overflow and be lost)."""
+        vg = self.vg_name(pool)
+        lv = await self._lv(vg, vol.name)
+        span = length or max(lv.size - offset, 0)
+        small = sorted(o.name for o in await lvm.lvs(vg)
+                       if o.origin == lv.name and o.kind in ("s", "S") and o.size < span)
+        if small:
+            raise Busy(f"writing {span} bytes into '{lv.name}' could overflow (and so "
+                       f"destroy) its snapshots {', '.join(small)}")
+        await self._require_devices(f"uploading into '{lv.name}'")
+        node = os.path.realpath(self._require_node(lv))
+        return await block_io.in_thread(transfer.upload_to_path, node, fd, offset, length,
+                                        what=f"uploading into '{lv.name}'")
+
+    async def download_volume(self, pool: PoolDefinition, vol: VolumeDefinition, fd: int,
+                              offset: int, length: int) -> int:
+        vg = self.vg_name(pool)
+        lv = await self._lv(vg, vol.name)
+        await self._require_devices(f"downloading '{lv.name}'")
+        node = os.path.realpath(self._require_node(lv))
+        return await block_io.in_thread(transfer.download_from_path, node, fd, offset, length,
+                                        what=f"downloading '{lv.name}'")

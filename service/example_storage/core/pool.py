@@ -12,6 +12,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
+from ..backends import overwrite
 from ..backends.base import Backend, PoolDevice, PoolStats, RefreshResult
 from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from ..model.definitions import PoolDefinition, PoolSource, SourceDevice, VolumeDefinition
@@ -33,8 +34,10 @@ ACTIVE_STATES = (RUNNING, DEGRADED)
 
 # How often a running pool whose backend sets ``polls_luns`` (iscsi-direct) re-lists its
 # LUNs to notice ones added or removed on the target (seconds; Pool.Start's option
-# 'lun-poll-interval' overrides it for that run, 0 turns the check off).
+# 'lun-poll-interval' overrides it for that run, 0 turns the check off; the run's value
+# is kept beside the pool's runtime state, so a daemon restart resumes with it).
 DEFAULT_LUN_POLL_INTERVAL = 5.0
+MAX_LUN_POLL_INTERVAL = 86400.0
 
 
 class StoragePool:
@@ -143,6 +146,8 @@ class StoragePool:
             await self._stop_quietly()
             raise
         self.store.save_state(self.definition)
+        if getattr(self.backend, "polls_luns", False):
+            self.store.save_runtime(self.name, {"lun-poll-interval": self.lun_poll_interval})
         self.state = RUNNING
         self._apply_refresh(result)
         self.listeners.pool_changed(self)
@@ -211,8 +216,16 @@ class StoragePool:
             return False
         self.state = RUNNING
         self._apply_refresh(result)
+        self.lun_poll_interval = self._saved_lun_poll_interval()
         self._start_lun_poll()
         return True
+
+    def _saved_lun_poll_interval(self) -> float:
+        """The interval the run being resumed was started with (the default if unknown)."""
+        value = self.store.load_runtime(self.name).get("lun-poll-interval")
+        if isinstance(value, (int, float)) and 0 <= value <= MAX_LUN_POLL_INTERVAL:
+            return float(value)
+        return DEFAULT_LUN_POLL_INTERVAL
 
     async def _stop_quietly(self) -> None:
         try:
@@ -237,16 +250,29 @@ class StoragePool:
                 self.listeners.volume_changed(self, vol)
 
     def _apply_lun_refresh(self, result: RefreshResult) -> None:
-        """Apply a refresh; for a pool that polls LUNs, also tell the listeners which
-        volumes (LUNs) came and went (Pool.LunsChanged)."""
+        """Apply a refresh; for a pool whose volumes are LUNs (its backend sets
+        ``polls_luns`` or ``lun_volumes``), also tell the listeners which volumes came
+        and went (Pool.LunsChanged)."""
         before = set(self.volumes)
         self._apply_refresh(result)
-        if not getattr(self.backend, "polls_luns", False):
+        if not (getattr(self.backend, "polls_luns", False)
+                or getattr(self.backend, "lun_volumes", False)):
             return
         added = sorted(set(self.volumes) - before)
         removed = sorted(before - set(self.volumes))
         if added or removed:
             self.listeners.luns_changed(self, added, removed)
+
+    async def relist_luns(self) -> None:
+        """Re-read a running pool's LUNs as the host shows them now, without asking the
+        storage (the backend's ``relist``: core/lun_follower.py calls this after uevents);
+        callers hold self.lock."""
+        relist = getattr(self.backend, "relist", None) or self.backend.refresh
+        result = await relist(self.definition)
+        before = (self.stats, set(self.volumes))
+        self._apply_lun_refresh(result)
+        if before != (self.stats, set(self.volumes)):
+            self.listeners.pool_changed(self)
 
     # -- the periodic LUN check (iscsi-direct) ----------------------------------
     def _start_lun_poll(self) -> None:
@@ -325,9 +351,12 @@ class StoragePool:
         await self._update_stats()
         return vol
 
-    async def delete_volume(self, name: str) -> None:
+    async def delete_volume(self, name: str, zeroed: bool = False) -> None:
+        """Delete; ``zeroed`` (libvirt's DELETE_ZEROED): wipe it with zeroes first."""
         self._require_active("volume Delete")
         vol = self.volume(name)
+        if zeroed:
+            await self._wipe(vol, overwrite.ZERO)
         await self.backend.delete_volume(self.definition, vol)
         del self.volumes[name]
         self.listeners.volume_removed(self, vol)
@@ -397,11 +426,52 @@ class StoragePool:
             self._apply_refresh(await self.backend.refresh(self.definition))
         self.listeners.pool_changed(self)
 
-    async def wipe_volume(self, name: str) -> None:
+    async def wipe_volume(self, name: str, algorithm: str = overwrite.ZERO) -> None:
+        """Wipe with ``algorithm`` (backends/overwrite.py: "zero" or "random")."""
         self._require_active("Wipe")
+        overwrite.check_algorithm(algorithm)
         vol = self.volume(name)
-        await self.backend.wipe_volume(self.definition, vol)
+        await self._wipe(vol, algorithm)
         updated = await self.backend.volume_info(self.definition, name)
         self.volumes[name] = updated
         self.listeners.volume_changed(self, updated)
         await self._update_stats()
+
+    async def _wipe(self, vol: VolumeDefinition, algorithm: str) -> None:
+        """backend.wipe_volume; stopped half-way (cancelled, failed), the volume's figures
+        are re-read all the same: a part of it may have been written."""
+        try:
+            await self.backend.wipe_volume(self.definition, vol, algorithm)
+        except BaseException:
+            await self._reread_volume(vol)
+            raise
+
+    # -- data transfer (callers hold self.lock) -------------------------------
+    async def upload_volume(self, name: str, fd: int, offset: int, length: int) -> int:
+        """Write what ``fd`` holds into the volume at ``offset`` (``length`` bytes, 0: until
+        ``fd`` ends; Volume.Upload). The caller owns ``fd``. The volume's figures are
+        re-read afterwards, also when the upload stopped half-way."""
+        self._require_active("Upload")
+        vol = self.volume(name)
+        try:
+            return await self.backend.upload_volume(self.definition, vol, fd, offset, length)
+        finally:
+            await self._reread_volume(vol)
+
+    async def download_volume(self, name: str, fd: int, offset: int, length: int) -> int:
+        """Write the volume's bytes from ``offset`` (``length``, 0: to the end) into ``fd``
+        (Volume.Download). The caller owns ``fd``."""
+        self._require_active("Download")
+        vol = self.volume(name)
+        return await self.backend.download_volume(self.definition, vol, fd, offset, length)
+
+    async def _reread_volume(self, vol: VolumeDefinition) -> None:
+        """Announce a volume's new figures (allocation) after its data changed."""
+        try:
+            updated = await self.backend.volume_info(self.definition, vol.name)
+            if self.volumes.get(vol.name) is vol and updated != vol:
+                self.volumes[vol.name] = updated
+                self.listeners.volume_changed(self, updated)
+            await self._update_stats()
+        except Exception as e:  # noqa: BLE001 - the transfer's own outcome matters more
+            log.info("cannot re-read volume %s after its data changed: %s", vol.name, e)
