@@ -75,6 +75,13 @@ class TimedOut(StorageError):
     name = "TimedOut"
 
 
+class AuthFailed(Failed):
+    """An iSCSI target refused the login for authentication (a wrong CHAP secret, or
+    none where the target wants one). A Failed, with its own D-Bus name."""
+
+    name = "ISCSI.AuthFailed"
+
+
 class ToolMissing(NotSupported):
     """A required external program is not installed."""
 

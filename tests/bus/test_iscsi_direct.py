@@ -33,6 +33,13 @@ def tgtd(tmp_path):
         target.stop()
 
 
+def set_lun_ids(tgtd: Tgtd, iqn: str, lun: int, scsi_id: str) -> None:
+    """tgtd derives the LU's NAA 6 designator (VPD 0x83) from scsi_id: a 32-hex-digit id
+    that starts with 6 is the WWN itself."""
+    tgtd.adm("--op", "update", "--mode", "logicalunit", "--tid", str(tgtd.tids[iqn]),
+             "--lun", str(lun), "--params", f"scsi_id={scsi_id}")
+
+
 def pool_xml(name: str, tgtd: Tgtd, iqn: str, auth: str = "") -> str:
     return f"""<pool type='iscsi-direct'><name>{name}</name>
   <source><host name='127.0.0.1' port='{tgtd.port}'/><device path='{iqn}'/>
@@ -67,6 +74,75 @@ async def test_discovery_lists_the_portals_targets(svc, tgtd):
     assert err.type == E + "Failed" and "Traceback" not in err.text
 
 
+async def test_discovery_of_one_targets_luns_with_size_wwn_serial(svc, tgtd, tmp_path):
+    from lxml import etree
+
+    tgtd.add_target(IQN1)
+    tgtd.add_target(IQN2)
+    wwn1, wwn2 = "6001405aa00000000000000000000001", "6001405bb0000000000000000000cafe"
+    tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB, serial="SN-ONE-001")
+    set_lun_ids(tgtd, IQN1, 1, wwn1)
+    tgtd.add_lun(IQN1, 3, tmp_path / "lun3.img", 12 * MiB + 4096, serial="SN-THREE")
+    set_lun_ids(tgtd, IQN1, 3, wwn2)
+    tgtd.add_lun(IQN2, 1, tmp_path / "other.img", 4 * MiB)
+    hint = (f"<source><host name='127.0.0.1' port='{tgtd.port}'/><device path='{IQN1}'/>"
+            f"<initiator><iqn name='{INITIATOR}'/></initiator></source>")
+    for pool_type in ("iscsi-direct", "iscsi"):
+        xml = await svc.manager("FindPoolSources", "ssa{sv}", pool_type, hint, {})
+        root = etree.fromstring(xml.encode())
+        (source,) = root.findall("source")               # that target alone
+        assert source.find("host").attrib == {"name": "127.0.0.1", "port": str(tgtd.port)}
+        (device,) = source.findall("device")
+        assert device.get("path") == IQN1
+        luns = [dict(lun.attrib) for lun in device.findall("lun")]
+        assert luns == [                                 # no controller LUN 0
+            {"number": "1", "size": str(8 * MiB), "wwn": wwn1, "serial": "SN-ONE-001"},
+            {"number": "3", "size": str(12 * MiB + 4096), "wwn": wwn2, "serial": "SN-THREE"},
+        ], pool_type
+
+    # the answer pastes into a pool: its LUNs are its volumes, Key = WWN, Serial shown
+    pool_src = xml.split("<sources>")[1].split("</sources>")[0].replace(
+        "</source>", f"<initiator><iqn name='{INITIATOR}'/></initiator></source>")
+    pool = await svc.manager("CreatePool", "sa{sv}",
+                             f"<pool type='iscsi-direct'><name>pasted</name>{pool_src}</pool>",
+                             {})
+    vols = await volumes_by_name(svc, pool)
+    assert {n: (v["Key"], v["Serial"], v["Capacity"]) for n, v in vols.items()} == {
+        "unit:0:0:1": (wwn1, "SN-ONE-001", 8 * MiB),
+        "unit:0:0:3": (wwn2, "SN-THREE", 12 * MiB + 4096)}
+    await svc.call(pool, POOL, "Destroy", "a{sv}", {})
+
+    # a target the portal does not have: Failed naming it; two targets: InvalidArgument
+    bad = hint.replace(IQN1, "iqn.2026-11.org.example:nope")
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", bad, {})
+    assert err.type == E + "Failed" and "iqn.2026-11.org.example:nope" in err.text
+    two = hint.replace("<initiator>", f"<device path='{IQN2}'/><initiator>")
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", two, {})
+    assert err.type == E + "InvalidArgument"
+
+
+async def test_discovery_of_a_chap_target(svc, tgtd, tmp_path):
+    secret = "Disc-Secret-4242"
+    tgtd.add_target(IQN1)
+    tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB, serial="CHAPLUN")
+    tgtd.add_chap(IQN1, "bob", secret)
+    auth = "<auth type='chap' username='bob'><secret usage='disc'/></auth>"
+    hint = (f"<source><host name='127.0.0.1' port='{tgtd.port}'/><device path='{IQN1}'/>"
+            f"<initiator><iqn name='{INITIATOR}'/></initiator>{auth}</source>")
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", hint, {})
+    assert err.type == E + "NotFound" and "disc" in err.text
+    await svc.manager("SetSecret", "saya{sv}", "disc", b"Wrong-Secret-999", {})
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", hint, {})
+    assert err.type == E + "ISCSI.AuthFailed" and "CHAP" in err.text
+    no_auth = hint.replace(auth, "")
+    err = await svc.manager_error("FindPoolSources", "ssa{sv}", "iscsi-direct", no_auth, {})
+    assert err.type == E + "ISCSI.AuthFailed" and "no CHAP credentials" in err.text
+    await svc.manager("SetSecret", "saya{sv}", "disc", secret.encode(), {})
+    xml = await svc.manager("FindPoolSources", "ssa{sv}", "iscsi-direct", hint, {})
+    assert f"<lun number='1' size='{8 * MiB}'" in xml and "serial='CHAPLUN'" in xml
+    assert secret not in xml and secret not in svc.daemon.log()
+
+
 async def test_luns_as_volumes_and_changes_signalled(svc, tgtd, tmp_path):
     tgtd.add_target(IQN1)
     tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB, serial="SERIAL1")
@@ -88,8 +164,9 @@ async def test_luns_as_volumes_and_changes_signalled(svc, tgtd, tmp_path):
     props = await svc.props(pool, POOL)
     assert props["State"] == "running" and props["Capacity"] == 20 * MiB + 4096
 
-    # LUNs belong to the target's administrator; Wipe has no libiscsi-bin tool to write
-    for member, sig, args in (("Wipe", "a{sv}", [{}]), ("Delete", "a{sv}", [{}]),
+    assert vols["unit:0:0:1"]["Serial"] == "SERIAL1" and vols["unit:0:0:2"]["Serial"] != ""
+    # LUNs belong to the target's administrator (Wipe: tests/bus/test_iscsi_direct_data.py)
+    for member, sig, args in (("Delete", "a{sv}", [{}]),
                               ("Resize", "ta{sv}", [16 * MiB, {}])):
         err = await svc.call_error(vols["unit:0:0:1"]["path"], VOLUME, member, sig, *args)
         assert err.type == E + "NotSupported", (member, err.text)
@@ -182,7 +259,7 @@ async def test_chap_right_wrong_missing_and_never_leaked(svc, tgtd, tmp_path):
         # wrong: the target refuses the login, with a clear message
         await svc.manager("SetSecret", "saya{sv}", "tgt-disks", b"Wrong-Secret-0000", {})
         err = await svc.call_error(pool, POOL, "Start", "a{sv}", {})
-        assert err.type == E + "Failed" and "Authentication failure" in err.text
+        assert err.type == E + "ISCSI.AuthFailed" and "Authentication failure" in err.text
         assert "CHAP" in err.text
         assert (await svc.props(pool, POOL))["State"] == "inactive"
 
@@ -231,12 +308,20 @@ async def test_running_pool_survives_a_daemon_restart_and_keeps_watching(svc, tg
     tgtd.add_lun(IQN1, 1, tmp_path / "lun1.img", 8 * MiB)
     pool = await svc.manager("DefinePool", "sa{sv}", pool_xml("ip", tgtd, IQN1), {})
     await svc.call(pool, POOL, "Start", "a{sv}", {"lun-poll-interval": svc.variant("d", 0.3)})
+    runtime = svc.run_dir / "pools" / "ip.runtime.json"
+    assert '"lun-poll-interval": 0.3' in runtime.read_text()
     await svc.restart()
     assert (await svc.props(pool, POOL))["State"] == "running"
     assert sorted(await volumes_by_name(svc, pool)) == ["unit:0:0:1"]
-    # after a restart the check runs at the daemon-wide default (5 s)
+    # the restarted daemon checks at the run's 0.3 s, not the default 5 s
     rec = await svc.recorder()
     tgtd.add_lun(IQN1, 2, tmp_path / "lun2.img", 4 * MiB)
-    sig = await rec.wait_for(lambda s: s.member == "LunsChanged", timeout=8)
+    sig = await rec.wait_for(lambda s: s.member == "LunsChanged", timeout=2.5)
     assert sig.path == pool and len(sig.body[0]) == 1 and sig.body[1] == []
+    await svc.call(pool, POOL, "Destroy", "a{sv}", {})
+    assert not runtime.exists()
+
+    # a Start without the option goes back to the default, and that is what is kept
+    await svc.call(pool, POOL, "Start", "a{sv}", {})
+    assert '"lun-poll-interval": 5.0' in runtime.read_text()
     await svc.call(pool, POOL, "Destroy", "a{sv}", {})

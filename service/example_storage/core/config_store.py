@@ -6,6 +6,8 @@ Layout (both roots are daemon options, so tests run in temp dirs)::
     CONFIG_DIR/pools/autostart/NAME.xml   symlink to ../NAME.xml: start with the service
     RUN_DIR/pools/NAME.xml                definition of a pool that is active now
                                           (transient pools too)
+    RUN_DIR/pools/NAME.runtime.json       that run's Start options that must survive a
+                                          daemon restart (iscsi-direct: lun-poll-interval)
 
 Every write is atomic: a temp file in the same directory, fsync, rename, fsync of
 the directory. A reader never sees half a file, even after ``kill -9``.
@@ -13,6 +15,7 @@ the directory. A reader never sees half a file, even after ``kill -9``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -112,6 +115,30 @@ class PoolConfigStore:
 
     def remove_state(self, name: str) -> None:
         self._state_path(name).unlink(missing_ok=True)
+        self._runtime_path(name).unlink(missing_ok=True)
+
+    def _runtime_path(self, name: str) -> Path:
+        return self.state_dir / f"{validate_name(name, 'pool name')}.runtime.json"
+
+    def save_runtime(self, name: str, values: dict[str, object]) -> None:
+        """Keep an active pool's run options (a JSON object) beside its state."""
+        path = self._runtime_path(name)
+        try:
+            atomic_write(path, json.dumps(values, sort_keys=True) + "\n")
+        except OSError as e:
+            raise Failed(f"cannot write {path}: {e.strerror}") from None
+
+    def load_runtime(self, name: str) -> dict[str, object]:
+        """The run options saved with ``save_runtime``; {} when none (or unreadable)."""
+        path = self._runtime_path(name)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable runtime options %s: %s", path, e)
+            return {}
+        return values if isinstance(values, dict) else {}
 
     def load_states(self) -> list[PoolDefinition]:
         return self._read_all(self.state_dir)

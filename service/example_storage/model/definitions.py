@@ -37,10 +37,22 @@ class FreeExtent:
 
 
 @dataclass
+class SourceLun:
+    """A LUN of an iSCSI target, as FindPoolSources with a target reports it (output only;
+    an extension of libvirt's source list: <lun number= size= wwn= serial=/>)."""
+
+    number: int
+    size: int                              # bytes (READ CAPACITY 16)
+    wwn: str = ""                          # VPD 0x83 NAA/EUI-64 designator, hex
+    serial: str = ""                       # VPD 0x80 unit serial number
+
+
+@dataclass
 class SourceDevice:
     path: str
     part_separator: str | None = None     # 'yes'/'no' (disk pools)
     free_extents: list[FreeExtent] = field(default_factory=list)  # output only (disk pools)
+    luns: list[SourceLun] = field(default_factory=list)  # output only (iSCSI discovery)
 
 
 @dataclass
@@ -131,3 +143,4 @@ class VolumeDefinition:
     encryption_cipher: dict[str, str] | None = None   # <cipher name= size= mode= hash=/>
     encryption_ivgen: dict[str, str] | None = None    # <ivgen name= hash=/>
     backing_store: BackingStore | None = None
+    serial: str | None = None              # a LUN's unit serial (VPD 0x80); not in the XML

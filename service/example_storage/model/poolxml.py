@@ -397,6 +397,9 @@ def _source_lines(src: PoolSource, pool_type: str, tag: str = "source") -> list[
         for d in src.devices:
             extents = [line for e in d.free_extents
                        for line in element("freeExtent", [("start", e.start), ("end", e.end)])]
+            extents += [line for lun in d.luns for line in element("lun", [
+                ("number", lun.number), ("size", lun.size), ("wwn", lun.wwn or None),
+                ("serial", lun.serial or None)])]
             out += element("device", [("path", d.path), ("part_separator", d.part_separator)],
                            children=extents)
     if "dir" in parts and src.dir is not None:

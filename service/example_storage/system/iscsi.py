@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import CommandFailed, Failed, InvalidArgument
+from ..errors import AuthFailed, CommandFailed, Failed, InvalidArgument
 from .runner import run_command
 
 ISCSI_LS = "iscsi-ls"
@@ -25,11 +25,6 @@ PASSWORD_ENV = "LIBISCSI_CHAP_PASSWORD"
 DEFAULT_PORT = 3260
 DEFAULT_INITIATOR = "iqn.2026-11.org.example.storage:initiator"
 TIMEOUT = 30.0
-
-
-class AuthFailed(Failed):
-    """The target refused the login for authentication (wrong or missing CHAP secret).
-    Reaches a D-Bus caller as org.example.Storage.Error.Failed with a clear message."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +144,11 @@ def parse_unit_serial(text: str) -> str:
     return m.group(1).strip() if m else ""
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters (a target's serial goes into XML and D-Bus)."""
+    return "".join(c for c in text if c.isprintable()).strip()
+
+
 def pick_wwn(designators: list[Designator]) -> str:
     """The logical unit's WWN: its NAA designator (the longest, e.g. NAA 6 over NAA 3),
     else EUI-64; lower-case hex without prefix; '' when there is none."""
@@ -170,7 +170,8 @@ def parse_probe_output(text: str) -> list[Lun]:
                 continue
             luns.append(Lun(
                 number=int(item["lun"]), size=int(item["size"]),
-                block_size=int(item["block_size"]), serial=str(item.get("serial") or ""),
+                block_size=int(item["block_size"]),
+                serial=printable(str(item.get("serial") or "")),
                 designators=[Designator(int(d["type"]), int(d["code_set"]),
                                         int(d["association"]), str(d["hex"]),
                                         str(d.get("text") or "").rstrip("\0"))

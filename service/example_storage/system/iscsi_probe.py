@@ -176,6 +176,27 @@ class _Probe:
         return (msg or b"").decode("utf-8", "replace")
 
 
+def login(probe: _Probe, portal: str, target: str, initiator: str, username: str,
+          password: str) -> tuple[int | None, dict, int]:
+    """Create a context and log in to ``target``: (ctx, {}, 0) on success, else
+    (None, {"error": ..., "auth_failed": ...}, exit status 2 (auth) / 3 / 4)."""
+    lib = probe.lib
+    ctx = lib.iscsi_create_context(initiator.encode())
+    if not ctx:
+        return None, {"error": "iscsi_create_context failed"}, 4
+    lib.iscsi_set_targetname(ctx, target.encode())
+    lib.iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL)
+    lib.iscsi_set_timeout(ctx, 10)
+    if username:
+        lib.iscsi_set_initiator_username_pwd(ctx, username.encode(), password.encode())
+    if lib.iscsi_full_connect_sync(ctx, portal.encode(), -1) != 0:
+        err = probe._error(ctx)
+        lib.iscsi_destroy_context(ctx)
+        auth = "authentication" in err.lower() or "(513)" in err
+        return None, {"error": err, "auth_failed": auth}, 2 if auth else 3
+    return ctx, {}, 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (3, 4):
         print(json.dumps({"error": "usage: PORTAL TARGET INITIATOR [USERNAME]"}))
@@ -189,21 +210,11 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": f"libiscsi unavailable: {e}"}))
         return 4
     lib = probe.lib
-    ctx = lib.iscsi_create_context(initiator.encode())
-    if not ctx:
-        print(json.dumps({"error": "iscsi_create_context failed"}))
-        return 4
+    ctx, failure, status = login(probe, portal, target, initiator, username, password)
+    if ctx is None:
+        print(json.dumps(failure))
+        return status
     try:
-        lib.iscsi_set_targetname(ctx, target.encode())
-        lib.iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL)
-        lib.iscsi_set_timeout(ctx, 10)
-        if username:
-            lib.iscsi_set_initiator_username_pwd(ctx, username.encode(), password.encode())
-        if lib.iscsi_full_connect_sync(ctx, portal.encode(), -1) != 0:
-            err = probe._error(ctx)
-            auth = "authentication" in err.lower() or "(513)" in err
-            print(json.dumps({"error": err, "auth_failed": auth}))
-            return 2 if auth else 3
         result = []
         for lun in probe.luns(ctx):
             cap = probe.capacity(ctx, lun)
