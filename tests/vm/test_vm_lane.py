@@ -27,6 +27,8 @@ GUEST_SELECTION = [
     "tests/bus/test_logical_pool_dm.py", "-q", "-ra",
     # needs the host's ganesha: tests/vm/test_vm_nfs.py boots it with one
     "--ignore=tests/vm_guest/test_netfs_guest.py",
+    # needs the host's tgtd: tests/vm/test_vm_iscsi.py boots it with one
+    "--ignore=tests/vm_guest/test_kernel_iscsi.py",
 ]
 TIMEOUT = 1500  # seconds for boot + the whole guest selection; qemu is killed after
 

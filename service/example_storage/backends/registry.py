@@ -10,9 +10,11 @@ from .base import Backend, RefreshResult
 from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
+from .iscsi import IscsiBackend
 from .iscsi_direct import IscsiDirectBackend
 from .logical import LogicalBackend
 from .netfs import NetfsBackend
+from .scsi import ScsiBackend
 
 
 class DefinitionOnlyBackend(Backend):
@@ -37,28 +39,14 @@ class DefinitionOnlyBackend(Backend):
         raise self._unsupported("volume lookup")
 
 
-class IscsiDiscoveryOnly(DefinitionOnlyBackend):
-    """The kernel 'iscsi' pool is not operated here yet, but its discovery is the same
-    SendTargets (FindPoolSources) as iscsi-direct's. No features: the type stays
-    unsupported in the capabilities until a kernel-initiator backend replaces this."""
-
-    def __init__(self, direct: IscsiDirectBackend) -> None:
-        super().__init__("iscsi")
-        self._direct = direct
-        self.secret_lookup = None      # set by core, like iscsi-direct's
-
-    async def find_sources(self, hint):
-        self._direct.secret_lookup = self.secret_lookup or self._direct.secret_lookup
-        return await self._direct.find_sources(hint)
-
-
 def _build() -> dict[str, Backend]:
     real: dict[str, Backend] = {"dir": DirBackend(), "fs": FsBackend()}
     real["disk"] = DiskBackend()
     real["logical"] = LogicalBackend()
     direct = IscsiDirectBackend()
     real["iscsi-direct"] = direct
-    real["iscsi"] = IscsiDiscoveryOnly(direct)
+    real["iscsi"] = IscsiBackend(direct)     # kernel initiator; discovers like iscsi-direct
+    real["scsi"] = ScsiBackend()
     real["netfs"] = NetfsBackend()
     return {t: real.get(t) or DefinitionOnlyBackend(t) for t in POOL_TYPES}
 

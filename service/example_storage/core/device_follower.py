@@ -5,6 +5,7 @@ size 0, as a detached loop device), the pool becomes ``inaccessible`` (its only 
 or ``degraded`` (one of several, e.g. an LVM physical volume), with PropertiesChanged.
 A pool recovers by being started again once the device is back (Pool.Start accepts an
 inaccessible pool and clears what is left of the old activation first).
+Kernel pools (scsi, iscsi) also follow their SCSI host's LUNs: lun_follower.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .device_lookup import same_device
 from .device_model import BlockDevice
+from .lun_follower import PoolLunFollower
 
 if TYPE_CHECKING:
     from .manager import StorageManager
@@ -26,11 +28,17 @@ class PoolDeviceFollower:
 
     def __init__(self, manager: StorageManager) -> None:
         self.manager = manager
+        self.luns = PoolLunFollower(manager)
+
+    def device_added(self, device: BlockDevice) -> None:
+        self.luns.device_added(device)
 
     def device_removed(self, device: BlockDevice) -> None:
         self._gone(device, "was removed")
+        self.luns.device_removed(device)
 
     def device_changed(self, device: BlockDevice) -> None:
+        self.luns.device_changed(device)
         if device.size == 0:
             self._gone(device, "has no medium any more")
 
