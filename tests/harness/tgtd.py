@@ -99,9 +99,19 @@ class Tgtd:
             self.adm("--op", "update", "--mode", "logicalunit", "--tid", tid, "--lun", str(lun),
                      "--params", f"scsi_sn={serial}")
 
-    def remove_lun(self, iqn: str, lun: int) -> None:
-        self.adm("--op", "delete", "--mode", "logicalunit", "--tid", str(self.tids[iqn]),
-                 "--lun", str(lun))
+    def remove_lun(self, iqn: str, lun: int, timeout: float = 20) -> None:
+        """Delete a LUN. tgtd refuses while the LU has commands in flight ("still
+        active": an initiator's rescan or TEST UNIT READY), so that is retried."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.adm("--op", "delete", "--mode", "logicalunit", "--tid",
+                         str(self.tids[iqn]), "--lun", str(lun))
+                return
+            except RuntimeError as exc:
+                if "still active" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def add_chap(self, iqn: str, user: str, password: str) -> None:
         """Require CHAP for logins to ``iqn``. The password is passed to tgtadm's argv:
