@@ -5,37 +5,206 @@ API, is used instead when ``EXAMPLE_STORAGE_DBUS=dbus-fast`` is set and installe
 Everything else in the adapter imports D-Bus names from here.
 """
 
+import array
+import asyncio
 import os
+import socket
+from collections import deque
 
 if os.environ.get("EXAMPLE_STORAGE_DBUS") == "dbus-fast":  # pragma: no cover - optional
-    from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
+    from dbus_fast import (
+        BusType,
+        Message,
+        MessageFlag,
+        MessageType,
+        NameFlag,
+        RequestNameReply,
+        Variant,
+    )
+    from dbus_fast import introspection as _introspection
+    from dbus_fast._private.marshaller import Marshaller as _Marshaller
     from dbus_fast.aio import MessageBus as _MessageBus
+    from dbus_fast.aio.message_bus import _MessageWriter
     from dbus_fast.errors import DBusError
     from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
     LIBRARY = "dbus-fast"
 else:
-    from dbus_next import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
+    from dbus_next import (
+        BusType,
+        Message,
+        MessageFlag,
+        MessageType,
+        NameFlag,
+        RequestNameReply,
+        Variant,
+    )
+    from dbus_next import introspection as _introspection
+    from dbus_next._private.marshaller import Marshaller as _Marshaller
     from dbus_next.aio import MessageBus as _MessageBus
+    from dbus_next.aio.message_bus import _MessageWriter
     from dbus_next.errors import DBusError
     from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
     LIBRARY = "dbus-next"
 
 __all__ = [
-    "LIBRARY", "BusType", "DBusError", "Message", "MessageBus", "MessageType", "NameFlag",
+    "LIBRARY", "BusType", "DBusError", "Message", "MessageBus", "MessageFlag", "MessageType",
+    "NameFlag",
     "RequestNameReply",
     "PropertyAccess", "ServiceInterface", "Variant", "dbus_property", "method", "signal",
+    "leaf_introspection", "marshal", "method_return_bytes",
 ]
 
 
+def marshal(signature: str, body: list) -> bytes:
+    """``body`` (the values of ``signature``'s types) in the D-Bus wire format, as the library
+    writes it in a message (little-endian) whose body starts at offset 0: bytes that stay
+    valid at any 8-aligned offset of a body (see ``MessageBus.send_method_return``)."""
+    return bytes(_Marshaller(signature, body).marshall())
+
+
+def leaf_introspection(path: str, interfaces: list[ServiceInterface]) -> str:
+    """The library's Introspect answer for an object at ``path`` that has no object below
+    it: the standard interfaces, then ``interfaces``; no child nodes."""
+    node = _introspection.Node.default(path)
+    for interface in interfaces:
+        node.interfaces.append(interface.introspect())
+    return node.tostring()
+
+
+# header field codes of the D-Bus specification (message header, "a(yv)")
+_HEADER_REPLY_SERIAL, _HEADER_DESTINATION, _HEADER_SIGNATURE = 5, 6, 8
+
+
+def method_return_bytes(call: Message, serial: int, signature: str, body: bytes) -> bytes:
+    """The whole message the library writes for ``Message.new_method_return(call, signature,
+    values)`` with ``serial``, where ``body`` is ``values`` already marshalled."""
+    fields = [[_HEADER_REPLY_SERIAL, Variant("u", call.serial)]]
+    if call.sender:
+        fields.append([_HEADER_DESTINATION, Variant("s", call.sender)])
+    if signature:
+        fields.append([_HEADER_SIGNATURE, Variant("g", signature)])
+    header = marshal("yyyyuua(yv)", [
+        ord("l"), MessageType.METHOD_RETURN.value, 0, 1, len(body), serial, fields])
+    return header + bytes(-len(header) % 8) + body
+
+
+class _PatientWriter(_MessageWriter):
+    """The library's outgoing message queue, with a full socket treated as "later".
+
+    Both libraries' writers send queued messages on the non-blocking bus socket and
+    take *any* exception as fatal: when the socket's send buffer is full (the bus
+    daemon has not read our previous messages yet), ``send`` raises BlockingIOError
+    (EAGAIN) and the library drops the connection. That happens as soon as the daemon
+    emits more than a few hundred signals at once (a dir pool of 1,000+ volumes
+    started, refreshed or destroyed). Here EAGAIN keeps the unsent rest of the message
+    (and its Unix fds, which go out with its first byte) and waits until the socket is
+    writable again; every other error is still fatal, as in the library.
+
+    Memory: messages wait in the library's queue (unbounded) while the bus reads slower
+    than we write: a burst of 10,000 InterfacesAdded holds ~6 MB until the bus daemon
+    has taken it, which it does at its own pace (it reads every connection in turn).
+    """
+
+    def write_callback(self, remove_writer: bool = True) -> None:
+        """Send queued messages until the queue is empty or the socket is full.
+
+        Same contract as the library's: called by the event loop when the socket is
+        writable (and by dbus-fast at once with ``remove_writer=False`` when it queues a
+        message into an empty queue); on a fatal error the future of the message being
+        sent fails and the connection is finalized."""
+        try:
+            while True:
+                if self.buf is None:
+                    item = self._next_message()
+                    if item is None:
+                        if remove_writer:
+                            self.loop.remove_writer(self.fd)
+                        return
+                    buf, self.unix_fds, self.fut = item
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                self.offset += self._send_some()
+                if self.offset < len(self.buf):
+                    # wait for writable (dbus-next already waits; dbus-fast's caller
+                    # adds the writer itself when called directly: adding twice is fine)
+                    self.loop.add_writer(self.fd, self.write_callback)
+                    return
+                self.buf = None
+                if self.fut is not None and not self.fut.done():
+                    self.fut.set_result(None)
+        except Exception as e:
+            fut = self.fut
+            if fut is not None and not fut.done():
+                if getattr(self.bus, "_user_disconnect", False):
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(e)
+            self.bus._finalize(e)
+
+    def buffer_marshalled(self, data: bytes, future: asyncio.Future | None = None) -> None:
+        """Queue a complete message that is already in wire format (no Unix fds)."""
+        item = (data, None, future)
+        if isinstance(self.messages, deque):
+            self.messages.append(item)
+        else:
+            self.messages.put_nowait(item)
+
+    def _next_message(self):
+        """(bytes, unix fds, future) of the next queued message, or None. The queue is a
+        deque in dbus-fast and an asyncio.Queue in dbus-next."""
+        queue = self.messages
+        if isinstance(queue, deque):
+            return queue.popleft() if queue else None
+        return queue.get_nowait() if queue.qsize() else None
+
+    def _send_some(self) -> int:
+        """Send what the socket takes of the current message: 0 bytes when it is full."""
+        data = self.buf[self.offset:]
+        try:
+            if self.unix_fds and self.negotiate_unix_fd:
+                fds = array.array("i", self.unix_fds)
+                sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                self.unix_fds = None      # they went out with the first byte
+                return sent
+            return self.sock.send(data)
+        except BlockingIOError:           # EAGAIN/EWOULDBLOCK: nothing was sent
+            return 0
+
+
 class MessageBus(_MessageBus):
-    """A bus connection that leaves ObjectManager signals to us.
+    """A bus connection that leaves ObjectManager signals to us and survives a full
+    socket.
 
     The library emits InterfacesAdded/InterfacesRemoved from each object's own path
     when it is exported; DESIGN.md wants them from the manager's path, which
-    ``ObjectTree`` does itself.
+    ``ObjectTree`` does itself. The library's message writer is replaced by
+    ``_PatientWriter`` (see there).
     """
+
+    # The library assigns ``self._writer = _MessageWriter(self)`` (dbus-next in
+    # __init__, dbus-fast in connect() once the socket exists, where it is a slot):
+    # this property, found before the slot, builds our writer from the same bus instead.
+    @property
+    def _writer(self):
+        return self.__dict__.get("_patient_writer")
+
+    @_writer.setter
+    def _writer(self, writer) -> None:
+        if writer is not None and not isinstance(writer, _PatientWriter):
+            writer = _PatientWriter(self)
+        self.__dict__["_patient_writer"] = writer
+
+    def send_method_return(self, call: Message, signature: str, body: bytes) -> asyncio.Future:
+        """Send the reply to ``call`` whose body, of type ``signature``, is already marshalled
+        (``marshal()``, or pieces of it joined at 8-aligned offsets), through the same queue
+        as every other message. Returns the send future."""
+        data = method_return_bytes(call, self.next_serial(), signature, body)
+        future = self._loop.create_future()
+        self._writer.buffer_marshalled(data, future)
+        self._writer.schedule_write()
+        return future
 
     def _emit_interface_added(self, path, interface):  # noqa: D401 - library hook
         return None

@@ -9,6 +9,7 @@ from ..errors import Failed
 from .authority import PolkitAuthority
 from .bus import MessageBus, NameFlag, RequestNameReply
 from .calls import track_callers
+from .direct_replies import DirectReplies
 from .manager_iface import ManagerInterface
 from .objects import ObjectTree
 from .paths import BUS_NAME, MANAGER_PATH
@@ -35,6 +36,7 @@ class StorageService:
     async def start(self) -> None:
         """Export everything, restore pools, and only then take the bus name."""
         self.bus.add_message_handler(track_callers)
+        self.bus.add_message_handler(DirectReplies(self.objects, self.manager_object))
         self.bus.export(MANAGER_PATH, self.manager_object)
         self.manager.listeners.add(self.objects)
         await self.manager.load()
