@@ -67,6 +67,12 @@ class Watch:
         asyncio.get_running_loop().add_reader(self.monitor.fileno(), self._uevent)
         client.add_message_handler(self._message)
 
+    def close(self, client) -> None:
+        """Stop watching (the monitor's reader and the message handler)."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.monitor.fileno())
+        client.remove_message_handler(self._message)
+
     def _uevent(self) -> None:
         now = time.monotonic()
         while (dev := self.monitor.poll(0)) is not None:
@@ -93,14 +99,9 @@ class Watch:
                 await asyncio.wait_for(self.changed.wait(), remaining)
 
 
-async def run_bench(runs: int, workdir: Path) -> int:
-    image = workdir / "bench.img"
-    with open(image, "wb") as f:
-        f.truncate(SIZE)
-    bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, workdir / "daemon")
-    daemon.start()
-    client = await connect(bus.address)
+async def measure(client, image: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Attach ``image`` (a sparse file of SIZE bytes) ``runs`` times with ``client`` connected
+    to a running service; returns (raw uevent ms, DeviceChanged ms) per run."""
     rule = "type='signal',interface='org.example.Storage.Manager'"
     await call(client, "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
                [rule], destination="org.freedesktop.DBus")
@@ -116,8 +117,7 @@ async def run_bench(runs: int, workdir: Path) -> int:
                 "losetup", "-f", "--show", str(image), stdout=subprocess.PIPE)
             out, _ = await proc.communicate()
             if proc.returncode != 0:
-                print("losetup failed", file=sys.stderr)
-                return 1
+                raise RuntimeError("losetup failed")
             attached = out.decode().strip()
             name = os.path.basename(attached)
             obj = device_path(name)
@@ -138,6 +138,28 @@ async def run_bench(runs: int, workdir: Path) -> int:
     finally:
         if attached:
             subprocess.run(["losetup", "-d", attached], check=False)
+        watch.close(client)
+    return raw_ms, sig_ms
+
+
+def make_image(path: Path) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(SIZE)
+    return path
+
+
+async def run_bench(runs: int, workdir: Path) -> int:
+    image = make_image(workdir / "bench.img")
+    bus = PrivateBus().start()
+    daemon = StorageDaemon(bus, workdir / "daemon")
+    daemon.start()
+    client = await connect(bus.address)
+    try:
+        raw_ms, sig_ms = await measure(client, image, runs)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
         client.disconnect()
         daemon.stop()
         bus.stop()

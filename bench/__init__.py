@@ -1,0 +1,1 @@
+"""Benchmarks of org.example.Storage against libvirt-dbus (``python -m bench``)."""

@@ -1,0 +1,103 @@
+"""Timing helpers shared by both sides of the bench: one dbus-next client, bounded
+concurrency, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from dbus_next import Message, MessageType
+from dbus_next.aio import MessageBus
+from dbus_next.errors import DBusError
+
+PROPERTIES = "org.freedesktop.DBus.Properties"
+PEER = "org.freedesktop.DBus.Peer"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+class Client:
+    """A dbus-next connection calling one destination; replies are returned as dbus-next
+    gives them (Variants are not unwrapped: the same client-side work for both services)."""
+
+    def __init__(self, bus: MessageBus, destination: str) -> None:
+        self.bus = bus
+        self.destination = destination
+
+    async def call(self, path: str, interface: str, member: str, signature: str = "",
+                   body: Sequence[Any] = (), timeout: float = 120) -> list[Any]:
+        msg = Message(destination=self.destination, path=path, interface=interface,
+                      member=member, signature=signature, body=list(body))
+        reply = await asyncio.wait_for(self.bus.call(msg), timeout)
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise DBusError(reply.error_name, text, reply)
+        return reply.body
+
+    async def get(self, path: str, interface: str, name: str) -> Any:
+        (value,) = await self.call(path, PROPERTIES, "Get", "ss", [interface, name])
+        return value.value
+
+    async def get_all(self, path: str, interface: str) -> dict[str, Any]:
+        (values,) = await self.call(path, PROPERTIES, "GetAll", "s", [interface])
+        return values
+
+    async def ping(self) -> None:
+        await self.call("/", PEER, "Ping")
+
+
+async def bounded(items: Sequence[Any], fn: Callable[[Any], Awaitable[Any]],
+                  inflight: int) -> list[Any]:
+    """``fn(item)`` for every item, at most ``inflight`` calls at a time; results in order.
+    The first failure is raised (after the calls in flight have ended)."""
+    results: list[Any] = [None] * len(items)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(items):
+            i = next_index
+            next_index += 1
+            results[i] = await fn(items[i])
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(inflight, len(items))))]
+    done = await asyncio.gather(*workers, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return results
+
+
+async def timed(coro: Awaitable[Any]) -> tuple[float, Any]:
+    """(seconds, result) of awaiting ``coro``."""
+    t0 = time.perf_counter()
+    result = await coro
+    return time.perf_counter() - t0, result
+
+
+async def latencies(pairs: Sequence[tuple[str, Callable[[], Awaitable[Any]]]], n: int,
+                    warmup: int = 50) -> dict[str, list[float]]:
+    """Sequential round trips, interleaved (a, b, a, b ...) so that both see the same noise;
+    seconds per call, ``warmup`` calls of each first (not counted)."""
+    out: dict[str, list[float]] = {name: [] for name, _ in pairs}
+    for i in range(warmup + n):
+        for name, fn in pairs:
+            t0 = time.perf_counter()
+            await fn()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                out[name].append(dt)
+    return out

@@ -1,0 +1,231 @@
+"""The workloads, written once and run against either side (see sides.py).
+
+Each figure lands in a ``Results`` dict under a fixed key; a workload that fails stores a
+``Failure`` under its keys and the bench goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import bounded, latencies, median, percentile, timed
+from .fixtures import fill_data, same_data
+from .sides import VIR_STORAGE_VOL_CREATE_REFLINK, LibvirtSide
+
+
+@dataclass(frozen=True)
+class Config:
+    volumes: int = 500            # created and deleted through the API
+    big: int = 10_000             # files in the big dir (listing, start-up)
+    volume_size: int = 1 << 20
+    clone_capacity: int = 1 << 30
+    clone_data: int = 100 << 20
+    image_size: int = 4 << 30     # each loop device (ext4, xfs)
+    inflight: int = 16            # concurrent calls for create/delete/GetAll
+    latency_calls: int = 2000     # Get and Ping round trips each
+    list_reps: int = 5
+    big_list_reps: int = 3
+    clone_reps: int = 3
+    uevent_runs: int = 10
+    startup_reps: int = 3
+
+
+QUICK = Config(volumes=100, big=1000, clone_capacity=128 << 20, clone_data=16 << 20,
+               image_size=1 << 30, latency_calls=300, list_reps=3, big_list_reps=2,
+               clone_reps=2, uevent_runs=3, startup_reps=1)
+
+
+@dataclass(frozen=True)
+class Failure:
+    message: str
+
+    def __str__(self) -> str:
+        return f"failed: {self.message}"
+
+
+Results = dict[str, Any]
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What the workloads need from the side's processes."""
+
+    rss: Callable[[], int]                                  # the service's RSS, KiB
+    revive: Callable[[], Awaitable[None]] = _nothing        # restart it if it died
+    explain: Callable[[], str | None] = lambda: None        # why it died, if it did
+    # the big listing again with another client: (pool) -> seconds (ours: a dbus-fast client)
+    other_client_listing: Callable[[str], Awaitable[float]] | None = None
+
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+async def guarded(results: Results, keys: tuple[str, ...], what: str,
+                  fn: Callable[[], Awaitable[None]], hooks: Hooks | None = None) -> None:
+    """Run one workload; on failure record it under ``keys`` and go on (restarting the
+    service first if it died: ``hooks.revive``)."""
+    log(what)
+    try:
+        if hooks is not None:
+            await hooks.revive()
+        await fn()
+    except Exception as e:  # noqa: BLE001 - one failed figure must not stop the bench
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        why = hooks.explain() if hooks is not None else None
+        if why:
+            msg = f"{msg} [the service died: {why}]"
+        log(f"{what}: {msg}")
+        traceback.print_exc(file=sys.stderr)
+        for key in keys:
+            results.setdefault(key, Failure(msg))
+
+
+async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
+                   mounts: dict[str, Path], hooks: Hooks) -> Results:
+    """All the API workloads against one side."""
+    r: Results = {}
+    is_libvirt = isinstance(side, LibvirtSide)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {}
+
+    async def create_delete_get_list() -> None:
+        pool = await side.create_pool("bench", workdir / "bench")
+        state["pool"] = pool
+        names = [f"v{i:05d}.img" for i in range(cfg.volumes)]
+        secs, vols = await timed(bounded(
+            names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
+        r["create_rate"] = cfg.volumes / secs
+        files = list((workdir / "bench").iterdir())
+        if len(files) != cfg.volumes:
+            raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
+        state["vols"] = vols
+
+        times = []
+        for _ in range(cfg.list_reps):
+            secs, count = await timed(side.list_all(pool, cfg.inflight))
+            if count != cfg.volumes:
+                raise AssertionError(f"listed {count} volumes, expected {cfg.volumes}")
+            times.append(secs)
+        r["list_small"] = median(times)
+        if is_libvirt:
+            times = []
+            for _ in range(cfg.list_reps):
+                secs, _count = await timed(side.list_all(pool, cfg.inflight, info=True))
+                times.append(secs)
+            r["list_small_info"] = median(times)
+
+        vol = vols[len(vols) // 2]
+        lat = await latencies([("get", lambda: side.get_name(vol)), ("ping", side.ping)],
+                              cfg.latency_calls)
+        r["get_median"], r["get_p99"] = median(lat["get"]), percentile(lat["get"], 99)
+        r["ping_median"], r["ping_p99"] = median(lat["ping"]), percentile(lat["ping"], 99)
+
+        secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
+        r["delete_rate"] = cfg.volumes / secs
+        state["vols"] = []
+        left = list((workdir / "bench").iterdir())
+        if left:
+            raise AssertionError(f"{len(left)} files left after deleting every volume")
+
+    await guarded(r, ("create_rate", "list_small", "get_median", "get_p99", "ping_median",
+                      "ping_p99", "delete_rate") + (("list_small_info",) if is_libvirt else ()),
+                  f"{side.label}: create/list/get/delete {cfg.volumes} volumes",
+                  create_delete_get_list, hooks)
+    if "pool" in state:
+        await _quietly(side.destroy_pool(state.pop("pool")))
+
+    async def big_listing() -> None:
+        secs, pool = await timed(side.create_pool("many", shared_big))
+        state["big"] = pool
+        r["big_pool_start"] = secs
+        secs, _ = await timed(side.refresh(pool))
+        r["refresh_big"] = secs
+        times = []
+        for _ in range(cfg.big_list_reps):
+            secs, count = await timed(side.list_all(pool, cfg.inflight))
+            if count != cfg.big:
+                raise AssertionError(f"listed {count} volumes, expected {cfg.big}")
+            times.append(secs)
+        r["list_big"] = median(times)
+        if hooks.other_client_listing is not None:
+            r["list_big_fast_client"] = median(
+                [await hooks.other_client_listing(pool) for _ in range(cfg.big_list_reps)])
+        if is_libvirt:
+            secs, _count = await timed(side.list_all(pool, cfg.inflight, info=True))
+            r["list_big_info"] = secs
+        r["rss_big"] = hooks.rss()
+
+    await guarded(r, ("big_pool_start", "refresh_big", "list_big", "rss_big")
+                  + (("list_big_fast_client",) if hooks.other_client_listing else ())
+                  + (("list_big_info",) if is_libvirt else ()),
+                  f"{side.label}: list {cfg.big} volumes", big_listing, hooks)
+    if "big" in state:
+        await _quietly(side.destroy_pool(state.pop("big")))
+
+    for fstype, mount in mounts.items():
+        await guarded(r, (f"clone_{fstype}",), f"{side.label}: clone on {fstype}",
+                      lambda f=fstype, m=mount: _clones(side, cfg, r, f, m / side_dir(side)),
+                      hooks)
+    return r
+
+
+def side_dir(side) -> str:
+    return "libvirt" if isinstance(side, LibvirtSide) else "ours"
+
+
+async def _clones(side, cfg: Config, r: Results, fstype: str, target: Path) -> None:
+    pool = await side.create_pool(f"clone-{fstype}", target)
+    try:
+        source = await side.create_volume(pool, "source.img", cfg.clone_capacity)
+        src_path = await side.volume_path(source)
+        offsets = fill_data(src_path, cfg.clone_data, cfg.clone_capacity)
+        variants = [("", 0)]
+        if isinstance(side, LibvirtSide) and fstype == "xfs":
+            variants.append(("_reflink", VIR_STORAGE_VOL_CREATE_REFLINK))
+        for suffix, flags in variants:
+            times = []
+            for i in range(cfg.clone_reps):
+                secs, clone = await timed(side.clone(pool, source, f"clone{i}.img",
+                                                     cfg.clone_capacity, flags))
+                clone_path = await side.volume_path(clone)
+                ok = same_data(src_path, clone_path, offsets)
+                size = clone_path.stat().st_size
+                await side.delete_volume(clone)
+                if not ok or size != cfg.clone_capacity:
+                    raise AssertionError(f"the clone differs from its source (size {size})")
+                times.append(secs)
+            r[f"clone_{fstype}{suffix}"] = median(times)
+        await side.delete_volume(source)
+    finally:
+        await _quietly(side.destroy_pool(pool))
+
+
+async def _quietly(aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception as e:  # noqa: BLE001 - cleanup
+        log(f"cleanup: {type(e).__name__}: {e}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> float:
+    """Poll ``predicate`` until true; the seconds it took. TimeoutError after ``timeout``."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("condition not met in time")
+        time.sleep(step)
+    return time.monotonic() - t0
