@@ -112,7 +112,7 @@ class PoolInterface(ExportedObject):
     @method()
     @authorized(actions.VOLUME_MANAGE)
     async def CreateVolume(self, xml: "s", options: "a{sv}") -> "o":
-        async with self.pool.lock:
+        async with self.pool.volume_lock():
             vol = await self.pool.create_volume(xml)
         return volume_path(self.pool.name, vol.name)
 

@@ -101,7 +101,7 @@ class VolumeInterface(ExportedObject):
     async def Delete(self, options: "a{sv}"):
         zeroed = option(options, "zeroed", "b", False)
         if not zeroed:
-            async with self.pool.lock:
+            async with self.pool.volume_lock():
                 await self.pool.delete_volume(self.volume_name)
             return
         async with self._job(jobs.VOLUME_DELETE), self.pool.lock:

@@ -26,6 +26,12 @@ class DirBackend(Backend):
     volume_formats = file_volumes.FORMATS
     default_volume_format = "raw"
     default_volume_type = "file"
+    # Volumes are independent files: core creates and deletes them side by side
+    # (core/pool.py volume_lock); every file operation here is safe to run at once.
+    concurrent_volume_ops = True
+    # The target is a local filesystem: a sparse raw file is made right on the event loop
+    # (file_volumes.create_volume on_loop); netfs (a server may stall) keeps threads.
+    local_files = True
 
     # -- tools ---------------------------------------------------------------
     def missing_tools(self) -> list[str]:
@@ -119,8 +125,10 @@ class DirBackend(Backend):
         )
 
     async def stats(self, pool: PoolDefinition) -> PoolStats:
-        """Capacity figures without listing the volumes (cheap after a volume change)."""
-        return await asyncio.to_thread(self._stats, await self.volume_dir(pool))
+        """Capacity figures without listing the volumes (cheap after a volume change: one
+        statvfs of a local directory, made right here rather than in a thread, as the
+        checks of volume_dir are; netfs pools override this with a deadline)."""
+        return self._stats(await self.volume_dir(pool))
 
     async def refresh(self, pool: PoolDefinition) -> RefreshResult:
         path = await self.volume_dir(pool)
@@ -140,7 +148,8 @@ class DirBackend(Backend):
         self, pool: PoolDefinition, vol: VolumeDefinition
     ) -> VolumeDefinition:
         self._check_format(vol)
-        return await file_volumes.create_volume(await self.volume_dir(pool), vol)
+        return await file_volumes.create_volume(await self.volume_dir(pool), vol,
+                                                on_loop=self.local_files)
 
     async def create_volume_from(
         self, pool: PoolDefinition, vol: VolumeDefinition, source: VolumeDefinition

@@ -4,8 +4,12 @@ Every function takes the pool's directory and a volume *name* (or a path the bac
 built as ``pool_dir/name``); nothing here trusts a path from a caller's XML. New
 volumes are made under a hidden temporary name in the same directory and then
 linked into place without replacing anything, so a failed or concurrent create
-leaves no partial file under the volume's name. Slow file work runs in a thread
-that stops when the awaiting task is cancelled.
+leaves no partial file under the volume's name; a create returns once the volume
+survives a crash (fsync of the file and of the directory, shared between creates
+running side by side: dirsync.py). Slow file work runs in a thread that stops when
+the awaiting task is cancelled; a sparse raw file of a local pool is made right on
+the event loop (a few metadata calls). Volumes are described from their headers;
+only image formats the service cannot read itself (vmdk, vdi ...) run qemu-img info.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import stat
 import struct
@@ -41,7 +46,7 @@ from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
-from . import block_io, transfer
+from . import block_io, dirsync, transfer
 from .block_io import cancellable
 
 log = logging.getLogger(__name__)
@@ -138,6 +143,18 @@ def _mode_uid_gid(perms: Permissions | None, default_mode: int) -> tuple[int, in
         if perms.group is not None and perms.group != -1:
             gid = perms.group
     return mode, uid, gid
+
+
+def _apply_permissions_fd(fd: int, path: str, perms: Permissions | None,
+                          default_mode: int) -> None:
+    """apply_permissions on an open file."""
+    mode, uid, gid = _mode_uid_gid(perms, default_mode)
+    try:
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        raise Failed(f"cannot set owner/mode of {path}: {exc.strerror}") from None
 
 
 def apply_permissions(path: str, perms: Permissions | None, default_mode: int) -> None:
@@ -245,11 +262,19 @@ def _record_format(path: str, fmt: str) -> None:
         log.debug("cannot record the format of %s: %s", path, exc.strerror)
 
 
+def _record_format_fd(fd: int, path: str, fmt: str) -> None:
+    try:
+        os.setxattr(fd, FORMAT_XATTR, fmt.encode())
+    except OSError as exc:
+        log.debug("cannot record the format of %s: %s", path, exc.strerror)
+
+
 def _probe(fd: int) -> tuple[str, int | None, bytes]:
-    """(format, virtual size, header) of an open image, trusting a recorded 'raw'."""
-    head = os.pread(fd, HEADER_PROBE_BYTES, 0)
+    """(format, virtual size, header) of an open image, trusting a recorded 'raw' (whose
+    header is then not read: b"")."""
     if _recorded_format(fd) == "raw":
-        return "raw", None, head
+        return "raw", None, b""
+    head = os.pread(fd, HEADER_PROBE_BYTES, 0)
     fmt, vsize = qemu_img.probe_image_format(head)
     return fmt, vsize, head
 
@@ -258,9 +283,20 @@ def _inside(path: str, directory: str) -> bool:
     return os.path.commonpath([path, directory]) == directory
 
 
-def _scan_file(pool_dir: str, name: str) -> _Scan | None:
-    """Stat and header-probe one entry; None if it is not a regular file of this dir."""
-    path = os.path.join(pool_dir, name)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_entry(pool_dir: str, path: str, regular: bool) -> tuple[int, str] | None:
+    """(fd, real path) of the entry ``path`` (pool_dir/name): a regular file, or a symlink
+    to one inside the pool; None for anything else. ``regular``: the directory listing
+    said it is a regular file (d_type), so it is opened at once (O_NOFOLLOW: never
+    through a symlink that replaced it meanwhile: that one takes the checked way)."""
+    if regular:
+        try:
+            return os.open(path, _OPEN_FLAGS), path
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
     lst = os.lstat(path)
     real_path = path
     if stat.S_ISLNK(lst.st_mode):
@@ -269,7 +305,17 @@ def _scan_file(pool_dir: str, name: str) -> _Scan | None:
             return None   # never follow a symlink out of the pool
     elif not stat.S_ISREG(lst.st_mode):
         return None
-    fd = os.open(real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    return os.open(real_path, _OPEN_FLAGS), real_path
+
+
+def _scan_file(pool_dir: str, name: str, regular: bool = False) -> _Scan | None:
+    """Stat and header-probe one entry; None if it is not a regular file of this dir.
+    A file recorded as raw (FORMAT_XATTR) is not read at all."""
+    path = os.path.join(pool_dir, name)
+    opened = _open_entry(pool_dir, path, regular)
+    if opened is None:
+        return None
+    fd, real_path = opened
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -324,7 +370,14 @@ def _to_definition(scan: _Scan, info: qemu_img.ImageInfo | None = None) -> Volum
 
 
 def _needs_qemu_info(scan: _Scan) -> bool:
-    return scan.format not in ("raw", "qcow2", "qcow") or scan.virtual_size is None
+    """Only for what the service cannot read itself: a raw volume's capacity is its file
+    size; qcow/qcow2 headers give the virtual size, backing file and compat level. Other
+    image formats (vmdk, vdi, vpc, qed, vhdx) go through qemu-img info."""
+    if scan.format == "raw":
+        return False
+    if scan.format in ("qcow2", "qcow"):
+        return scan.virtual_size is None
+    return True
 
 
 async def _describe(scan: _Scan, sem: asyncio.Semaphore | None = None) -> VolumeDefinition:
@@ -341,9 +394,17 @@ async def _describe(scan: _Scan, sem: asyncio.Semaphore | None = None) -> Volume
     return _to_definition(scan, info)
 
 
+# An ASCII name that validate_name accepts (no control characters, no '/', not starting
+# with '-', 1..255 characters, not '.' or '..'): the common case of a directory listing,
+# checked without validate_name's per-character loop.
+_PLAIN_NAME = re.compile(r"(?!-)[\x20-\x2e\x30-\x7e]{1,255}")
+
+
 def _listable_name(name: str) -> bool:
     if name.startswith(TEMP_PREFIX):
         return False
+    if name.isascii() and _PLAIN_NAME.fullmatch(name) is not None:
+        return name not in (".", "..")
     try:
         name.encode("utf-8")   # D-Bus strings must be UTF-8: skip undecodable names
         validate_name(name)
@@ -352,31 +413,40 @@ def _listable_name(name: str) -> bool:
     return True
 
 
-def _scan_dir(pool_dir: str) -> list[_Scan]:
-    scans = []
+def _scan_dir(pool_dir: str) -> list[_Scan | VolumeDefinition]:
+    """One pass over the directory (d_type tells regular files, which are opened at once):
+    a VolumeDefinition for each volume described from its header, the _Scan of each
+    that needs qemu-img info; sorted by name."""
+    found: list[_Scan | VolumeDefinition] = []
     with os.scandir(pool_dir) as it:
         for entry in it:
             if not _listable_name(entry.name):
                 continue
             try:
-                scan = _scan_file(pool_dir, entry.name)
+                regular = entry.is_file(follow_symlinks=False)
+                scan = _scan_file(pool_dir, entry.name, regular)
             except OSError as exc:   # vanished meanwhile, unreadable, ...
                 log.info("skipping %s: %s", entry.path, exc)
                 continue
             if scan is not None:
-                scans.append(scan)
-    scans.sort(key=lambda s: s.name)
-    return scans
+                found.append(scan if _needs_qemu_info(scan) else _to_definition(scan))
+    found.sort(key=lambda s: s.name)
+    return found
 
 
 async def list_volumes(pool_dir: str) -> list[VolumeDefinition]:
-    """Every volume file in ``pool_dir``, sorted by name."""
+    """Every volume file in ``pool_dir``, sorted by name. Only images the service cannot
+    read itself (vmdk, vdi ...) cost a qemu-img run."""
     try:
-        scans = await asyncio.to_thread(_scan_dir, pool_dir)
+        found = await asyncio.to_thread(_scan_dir, pool_dir)
     except OSError as exc:
         raise _os_error(exc, f"cannot list {pool_dir}") from None
-    sem = asyncio.Semaphore(_QEMU_INFO_CONCURRENCY)
-    return list(await asyncio.gather(*(_describe(s, sem) for s in scans)))
+    scans = [s for s in found if isinstance(s, _Scan)]
+    if scans:
+        sem = asyncio.Semaphore(_QEMU_INFO_CONCURRENCY)
+        described = iter(await asyncio.gather(*(_describe(s, sem) for s in scans)))
+        found = [next(described) if isinstance(s, _Scan) else s for s in found]
+    return [v for v in found if isinstance(v, VolumeDefinition)]
 
 
 async def _scan_or_notfound(pool_dir: str, name: str) -> _Scan:
@@ -413,31 +483,113 @@ def _set_nocow(fd: int) -> None:
         pass
 
 
-def _create_raw(
-    path: str, capacity: int, allocation: int, nocow: bool, *,
-    cancel: threading.Event, progress: Progress,
-) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _size_raw(fd: int, path: str, capacity: int, allocation: int, nocow: bool,
+              progress: Progress) -> None:
+    """Give the new (empty) file ``fd`` its capacity, allocating ``allocation`` bytes."""
+    if nocow:
+        _set_nocow(fd)
     try:
-        if nocow:
-            _set_nocow(fd)
+        os.ftruncate(fd, capacity)
+    except OSError as exc:
+        if exc.errno in (errno.EFBIG, errno.EINVAL):
+            raise InvalidArgument(
+                f"capacity {capacity} is beyond the largest file the filesystem "
+                f"of {os.path.dirname(path)} supports"
+            ) from None
+        raise _os_error(exc, "cannot size the new volume") from None
+    if allocation > 0:
         try:
-            os.ftruncate(fd, capacity)
+            os.posix_fallocate(fd, 0, allocation)
         except OSError as exc:
-            if exc.errno in (errno.EFBIG, errno.EINVAL):
-                raise InvalidArgument(
-                    f"capacity {capacity} is beyond the largest file the filesystem "
-                    f"of {os.path.dirname(path)} supports"
-                ) from None
-            raise _os_error(exc, "cannot size the new volume") from None
-        if allocation > 0:
-            try:
-                os.posix_fallocate(fd, 0, allocation)
-            except OSError as exc:
-                raise _os_error(exc, f"cannot allocate {allocation} bytes") from None
-            progress(allocation, allocation)
+            raise _os_error(exc, f"cannot allocate {allocation} bytes") from None
+        progress(allocation, allocation)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _publish_raw(
+    pool_dir: str, name: str, capacity: int, allocation: int, nocow: bool,
+    perms: Permissions | None, published: dict[str, Any], *,
+    cancel: threading.Event, progress: Progress,
+) -> tuple[int, VolumeDefinition]:
+    """A raw volume made and published, not yet made durable: the file under a hidden
+    temp name, sized, its format recorded, owner and mode set, then linked into place
+    without replacing anything. Returns the still open file (for the durability step:
+    dirsync) and the volume described from it (no second scan). On failure or cancel
+    nothing is left; ``published`` gets the (path, inode) the volume is published as.
+
+    The durability step comes after the link: the file holds no data (a sparse file; an
+    allocation is unwritten extents), only metadata, and a journaling filesystem commits
+    metadata in order, so a crash can never keep the name without the finished file; the
+    file's fsync then commits the link as well (ext4, xfs, btrfs), which makes the
+    directory's fsync that follows nearly free there (it is what a filesystem without a
+    journal needs). A file whose allocation was written (no fallocate: glibc writes
+    zeroes) is fsync'd before the link too."""
+    final = os.path.join(pool_dir, name)
+    if os.path.lexists(final):
+        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
+    tmp = _temp_path(pool_dir)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot create volume '{name}'") from None
+    try:
+        _size_raw(fd, tmp, capacity, allocation, nocow, progress)
+        _record_format_fd(fd, tmp, "raw")
+        _apply_permissions_fd(fd, tmp, perms, DEFAULT_VOLUME_MODE)
+        if allocation > 0:
+            os.fsync(fd)
+        if cancel.is_set():
+            raise Cancelled("create cancelled")
+        st = os.fstat(fd)   # what linking changes (nlink, ctime) is not described
+        # recorded first: _unpublish removes the name only while it holds this inode
+        published["volume"] = (final, st.st_ino)
+        publish_noreplace(tmp, final, what=f"volume '{name}'")
+    except BaseException as exc:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        _unpublish(published)
+        if isinstance(exc, OSError):
+            raise _os_error(exc, f"cannot create volume '{name}'") from None
+        raise
+    return fd, _to_definition(_Scan(name, final, final, st, "raw", None, None, None))
+
+
+def _make_raw_volume(
+    pool_dir: str, name: str, capacity: int, allocation: int, nocow: bool,
+    perms: Permissions | None, published: dict[str, Any], *,
+    cancel: threading.Event, progress: Progress,
+) -> VolumeDefinition:
+    """_publish_raw and its durability (the file's fsync, then the directory's) in one
+    go, for a thread."""
+    fd, vol = _publish_raw(pool_dir, name, capacity, allocation, nocow, perms, published,
+                           cancel=cancel, progress=progress)
+    try:
+        errors = dirsync.sync_round(pool_dir, [fd])   # closes fd
+        if errors[0] is not None:
+            raise errors[0]
+    except OSError as exc:
+        _unpublish(published)
+        raise _os_error(exc, f"cannot create volume '{name}'") from None
+    return vol
+
+
+def _unpublish(published: dict[str, Any]) -> None:
+    """Remove what a create that then failed or was cancelled published (only while the
+    name holds the file that create made: never another create's volume)."""
+    path, ino = published.get("volume", (None, None))
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == ino:
+            os.unlink(path)
 
 
 def _header_format(path: str) -> str:
@@ -473,27 +625,71 @@ async def _build_and_publish(
     build: Callable[[str], Awaitable[None]],
 ) -> None:
     """Make a new volume under a hidden temp name with ``build(tmp)``, record its format,
-    set its permissions and rename it into place without replacing anything; on any
-    failure (or cancel) nothing is left behind."""
+    set its permissions, fsync it (an image or a copy holds data: it is durable before it
+    gets its name), rename it into place without replacing anything and fsync the
+    directory; on any failure (or cancel) nothing is left behind."""
     tmp = _temp_path(pool_dir)
+    published: dict[str, Any] = {}
     try:
         await build(tmp)
         _record_format(tmp, fmt)
         apply_permissions(tmp, perms, DEFAULT_VOLUME_MODE)
+        await asyncio.to_thread(_fsync_path, tmp)
+        published["volume"] = (os.path.join(pool_dir, name), os.lstat(tmp).st_ino)
         publish_noreplace(tmp, os.path.join(pool_dir, name), what=f"volume '{name}'")
+        await asyncio.to_thread(dirsync.fsync_dir, pool_dir)
+    except OSError as exc:
+        _unlink_quiet(tmp)
+        _unpublish(published)
+        raise _os_error(exc, f"cannot create volume '{name}'") from None
     except BaseException:
         _unlink_quiet(tmp)
+        _unpublish(published)
         raise
+
+
+async def _create_raw(
+    pool_dir: str, name: str, capacity: int, allocation: int, vol: VolumeDefinition, *,
+    on_loop: bool, progress: Progress | None,
+) -> VolumeDefinition:
+    """A raw volume, made durable before it is returned. ``on_loop``: the file work (a
+    few metadata calls on a local filesystem, nothing to allocate) runs right here and
+    only the fsyncs go to a thread, in rounds shared with the other creates of the
+    directory (dirsync); otherwise all of it runs in a thread."""
+    published: dict[str, Any] = {}
+    try:
+        if not on_loop:
+            return await _in_thread(_make_raw_volume, pool_dir, name, capacity, allocation,
+                                    vol.nocow, vol.permissions, published, progress=progress)
+        fd, made = _publish_raw(pool_dir, name, capacity, allocation, vol.nocow,
+                                vol.permissions, published, cancel=threading.Event(),
+                                progress=_no_progress)
+        try:
+            await dirsync.sync_new_file(pool_dir, fd)
+        except OSError as exc:
+            _unpublish(published)
+            raise _os_error(exc, f"cannot create volume '{name}'") from None
+        return made
+    except asyncio.CancelledError:
+        _unpublish(published)
+        raise
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
 
 
 async def create_volume(
     pool_dir: str, vol: VolumeDefinition, *, preallocation: str | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, on_loop: bool = False,
 ) -> VolumeDefinition:
     """Create ``pool_dir/vol.name``: a sparse raw file (``vol.allocation`` bytes allocated),
     or an image made by qemu-img (qcow2 with backing store, compat, features ...).
+    Returns once the new volume survives a crash (its file and directory entry fsync'd).
 
     ``preallocation`` ('off', 'metadata', 'falloc', 'full') applies to qemu formats.
+    ``on_loop``: ``pool_dir`` is on a local filesystem, where a sparse raw file is made
+    with a few quick calls right on the event loop (no thread hop; see _create_raw).
     """
     name = check_volume_name(vol.name)
     fmt = _check_format((vol.format or "raw").lower())
@@ -502,23 +698,19 @@ async def create_volume(
         raise NotSupported("encrypted volumes are not supported yet")
     if preallocation not in (None, "off", "metadata", "falloc", "full"):
         raise InvalidArgument(f"invalid preallocation '{preallocation}'")
-    final = os.path.join(pool_dir, name)
-    if os.path.lexists(final):
-        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
     _mode_uid_gid(vol.permissions, DEFAULT_VOLUME_MODE)   # validate before any work
-
     if fmt == "raw":
         allocation = min(max(vol.allocation or 0, 0), capacity)
         _check_space(pool_dir, allocation, f"allocating {allocation} bytes for '{name}'")
-    else:
-        allocation = 0
-        if preallocation in ("falloc", "full"):
-            _check_space(pool_dir, capacity, f"preallocating '{name}'")
+        return await _create_raw(pool_dir, name, capacity, allocation, vol,
+                                 on_loop=on_loop and allocation == 0, progress=progress)
+    if preallocation in ("falloc", "full"):
+        _check_space(pool_dir, capacity, f"preallocating '{name}'")
+    final = os.path.join(pool_dir, name)
+    if os.path.lexists(final):
+        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
 
     async def build(tmp: str) -> None:
-        if fmt == "raw":
-            await _in_thread(_create_raw, tmp, capacity, allocation, vol.nocow, progress=progress)
-            return
         backing = backing_fmt = None
         if vol.backing_store is not None and vol.backing_store.path:
             backing = vol.backing_store.path

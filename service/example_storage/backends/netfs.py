@@ -241,6 +241,7 @@ class NetfsBackend(DirBackend):
     optional_tools = ("qemu-img", "mount.nfs", "showmount", "nfs-ls")
     pool_formats = ("auto", "nfs", "glusterfs", "cifs")
     features = DirBackend.features - {"add_devices", "remove_device"}
+    local_files = False   # file work in threads: the server may stall
 
     # -- mount state (mountinfo only) -----------------------------------------
     @staticmethod

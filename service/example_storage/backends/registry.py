@@ -1,4 +1,8 @@
-"""Which backend serves which pool type, and what each can do on this host."""
+"""Which backend serves which pool type, and what each can do on this host.
+
+The backend modules are imported on first use (a pool of that type, or the
+capabilities), not when the daemon starts: most hosts use one or two pool types.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,6 @@ from typing import Any
 from ..errors import InvalidArgument, NotSupported
 from ..model.definitions import POOL_TYPES, PoolDefinition, VolumeDefinition
 from .base import Backend, RefreshResult
-from .dir import DirBackend
-from .disk import DiskBackend
-from .fs import FsBackend
-from .iscsi import IscsiBackend
-from .iscsi_direct import IscsiDirectBackend
-from .logical import LogicalBackend
-from .netfs import NetfsBackend
-from .scsi import ScsiBackend
 
 
 class DefinitionOnlyBackend(Backend):
@@ -39,39 +35,59 @@ class DefinitionOnlyBackend(Backend):
         raise self._unsupported("volume lookup")
 
 
-def _build() -> dict[str, Backend]:
-    real: dict[str, Backend] = {"dir": DirBackend(), "fs": FsBackend()}
-    real["disk"] = DiskBackend()
-    real["logical"] = LogicalBackend()
-    direct = IscsiDirectBackend()
-    real["iscsi-direct"] = direct
-    real["iscsi"] = IscsiBackend(direct)     # kernel initiator; discovers like iscsi-direct
-    real["scsi"] = ScsiBackend()
-    real["netfs"] = NetfsBackend()
-    return {t: real.get(t) or DefinitionOnlyBackend(t) for t in POOL_TYPES}
+def _make(pool_type: str) -> Backend:
+    """The backend of ``pool_type``, its module imported now."""
+    if pool_type == "dir":
+        from .dir import DirBackend
+        return DirBackend()
+    if pool_type == "fs":
+        from .fs import FsBackend
+        return FsBackend()
+    if pool_type == "netfs":
+        from .netfs import NetfsBackend
+        return NetfsBackend()
+    if pool_type == "disk":
+        from .disk import DiskBackend
+        return DiskBackend()
+    if pool_type == "logical":
+        from .logical import LogicalBackend
+        return LogicalBackend()
+    if pool_type == "iscsi-direct":
+        from .iscsi_direct import IscsiDirectBackend
+        return IscsiDirectBackend()
+    if pool_type == "iscsi":   # kernel initiator; discovers like iscsi-direct (one instance)
+        from .iscsi import IscsiBackend
+        return IscsiBackend(backend_for("iscsi-direct"))
+    if pool_type == "scsi":
+        from .scsi import ScsiBackend
+        return ScsiBackend()
+    return DefinitionOnlyBackend(pool_type)
 
 
-_BACKENDS: dict[str, Backend] = _build()
+_BACKENDS: dict[str, Backend] = {}
 
 
 def all_backends() -> dict[str, Backend]:
-    return dict(_BACKENDS)
+    return {t: backend_for(t) for t in POOL_TYPES}
 
 
 def backend_for(pool_type: str) -> Backend:
-    try:
-        return _BACKENDS[pool_type]
-    except KeyError:
+    backend = _BACKENDS.get(pool_type)
+    if backend is not None:
+        return backend
+    if pool_type not in POOL_TYPES:
         raise InvalidArgument(
             f"unknown pool type '{pool_type}' (known: {', '.join(POOL_TYPES)})"
-        ) from None
+        )
+    backend = _BACKENDS[pool_type] = _make(pool_type)
+    return backend
 
 
 def capabilities() -> dict[str, dict[str, Any]]:
     """Per pool type: implemented, usable (tools present), missing tools, features,
     pool formats, volume formats (those usable now)."""
     caps: dict[str, dict[str, Any]] = {}
-    for name, backend in _BACKENDS.items():
+    for name, backend in all_backends().items():
         implemented = not isinstance(backend, DefinitionOnlyBackend)
         missing = backend.missing_tools()
         missing_optional_fn = getattr(backend, "missing_optional_tools", None)

@@ -3,21 +3,28 @@
 States: inactive -> (building -> inactive) -> running -> inactive; a running pool
 whose storage vanished becomes inaccessible. Every mutation takes the pool's lock,
 so two callers never build, start or change volumes of one pool at the same time.
+The exception: a backend whose volumes are independent files (``concurrent_volume_ops``:
+dir, fs, netfs) creates and deletes volumes under the lock's shared mode
+(``volume_lock()``), side by side; the pool keeps their names apart (``_busy_names``)
+and anything exclusive still waits for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..backends import overwrite
 from ..backends.base import Backend, PoolDevice, PoolStats, RefreshResult
-from ..errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from ..errors import AlreadyExists, Busy, InvalidArgument, InvalidState, NotFound
 from ..model.definitions import PoolDefinition, PoolSource, SourceDevice, VolumeDefinition
 from ..model.names import validate_name
 from ..model.volxml import parse_volume_xml
+from .poollock import PoolLock
 
 if TYPE_CHECKING:
     from .config_store import PoolConfigStore
@@ -64,7 +71,8 @@ class StoragePool:
         self.runtime_source: PoolSource | None = None   # as the storage reports it
         self.lost_device = ""          # the device whose loss made the pool inaccessible
         self.devices: list[PoolDevice] = []
-        self.lock = asyncio.Lock()
+        self.lock = PoolLock()
+        self._busy_names: set[str] = set()   # volumes being created or deleted right now
         self.lun_poll_interval = DEFAULT_LUN_POLL_INTERVAL
         self._lun_poll: asyncio.Task | None = None
 
@@ -107,6 +115,23 @@ class StoragePool:
             return self.volumes[name]
         except KeyError:
             raise NotFound(f"pool '{self.name}' has no volume '{name}'") from None
+
+    def volume_lock(self):
+        """What CreateVolume and Delete hold: the lock's shared mode when the backend can
+        create and delete volumes side by side, else the lock itself."""
+        if getattr(self.backend, "concurrent_volume_ops", False):
+            return self.lock.shared()
+        return self.lock
+
+    @contextlib.contextmanager
+    def _claim(self, name: str) -> Iterator[None]:
+        """Keep ``name`` to one create or delete at a time (under volume_lock's shared
+        mode several run at once); callers checked it is free."""
+        self._busy_names.add(name)
+        try:
+            yield
+        finally:
+            self._busy_names.discard(name)
 
     # -- state helpers ------------------------------------------------------
     def _require_active(self, what: str) -> None:
@@ -316,7 +341,10 @@ class StoragePool:
         if self.runtime_source is not None:
             self._apply_refresh(await self.backend.refresh(self.definition))
         else:
+            before = self.stats
             self.stats = await self.backend.stats(self.definition)
+            if self.stats == before:
+                return   # nothing of the pool changed (a sparse file takes no blocks)
         self.listeners.pool_changed(self)
 
     # -- volume operations (callers hold self.lock) -------------------------
@@ -324,6 +352,8 @@ class StoragePool:
         validate_name(name, what)
         if name in self.volumes:
             raise AlreadyExists(f"pool '{self.name}' already has a volume '{name}'")
+        if name in self._busy_names:
+            raise AlreadyExists(f"a volume '{name}' is being created in pool '{self.name}'")
 
     def parse_new_volume(self, xml: str) -> VolumeDefinition:
         vol = parse_volume_xml(xml, self.type)
@@ -333,10 +363,12 @@ class StoragePool:
         return vol
 
     async def create_volume(self, xml: str) -> VolumeDefinition:
+        """Callers hold volume_lock()."""
         self._require_active("CreateVolume")
         vol = self.parse_new_volume(xml)
-        created = await self.backend.create_volume(self.definition, vol)
-        return await self._volume_appeared(created)
+        with self._claim(vol.name):
+            created = await self.backend.create_volume(self.definition, vol)
+            return await self._volume_appeared(created)
 
     async def create_volume_from(self, xml: str, source: VolumeDefinition) -> VolumeDefinition:
         self._require_active("CreateVolumeFrom")
@@ -352,14 +384,20 @@ class StoragePool:
         return vol
 
     async def delete_volume(self, name: str, zeroed: bool = False) -> None:
-        """Delete; ``zeroed`` (libvirt's DELETE_ZEROED): wipe it with zeroes first."""
+        """Delete; ``zeroed`` (libvirt's DELETE_ZEROED): wipe it with zeroes first.
+        Callers hold volume_lock() (the lock itself when ``zeroed``)."""
         self._require_active("volume Delete")
         vol = self.volume(name)
-        if zeroed:
-            await self._wipe(vol, overwrite.ZERO)
-        await self.backend.delete_volume(self.definition, vol)
-        del self.volumes[name]
-        self.listeners.volume_removed(self, vol)
+        if name in self._busy_names:
+            raise Busy(f"volume '{name}' of pool '{self.name}' is busy: another call is "
+                       "creating or deleting it")
+        with self._claim(name):
+            if zeroed:
+                await self._wipe(vol, overwrite.ZERO)
+            await self.backend.delete_volume(self.definition, vol)
+            if self.volumes.get(name) is vol:
+                del self.volumes[name]
+            self.listeners.volume_removed(self, vol)
         await self._update_stats()
 
     async def resize_volume(self, name: str, capacity: int, shrink: bool) -> None:
