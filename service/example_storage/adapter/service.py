@@ -38,12 +38,15 @@ class StorageService:
         self.bus.add_message_handler(track_callers)
         self.bus.add_message_handler(DirectReplies(self.objects, self.manager_object))
         self.bus.export(MANAGER_PATH, self.manager_object)
-        self.manager.listeners.add(self.objects)
+        # Restoring pools exports nothing while it runs (each volume would otherwise be
+        # exported, then unexported and exported again with its pool); what it restored
+        # is exported once, then the tree follows core's events. No await in between.
         await self.manager.load()
         for pool in list(self.manager.pools.values()):
             self.objects.pool_added(pool)
             for volume in list(pool.volumes.values()):
                 self.objects.volume_added(pool, volume)
+        self.manager.listeners.add(self.objects)
         # host block devices: listen to uevents, scan them all (before taking the name)
         source = None if self.udev_source == "none" else self.udev_source
         await self.manager.devices.start(source)
