@@ -258,25 +258,33 @@ def _upload_file(writer: _SparseWriter, src: int, src_st: os.stat_result, offset
     n = length or avail
     end = pos + n
     delta = offset - pos
-    cursor = pos
-    for start, stop in data_extents(src, pos, end):
-        writer.hole(cursor + delta, start + delta)
-        off = start
+    _copy_extents(src, writer, pos, end, delta, cancel, lambda done: progress(done, n),
+                  "the file shrank during the upload")
+    os.lseek(src, end, os.SEEK_SET)
+    progress(n, n)
+    return n
+
+
+def _copy_extents(src: int, writer: _SparseWriter, start: int, end: int, delta: int,
+                  cancel: threading.Event, report: Callable[[int], None], ended: str) -> None:
+    """Copy bytes ``start``..``end`` of ``src`` through ``writer`` at ``+delta``: its data
+    extents as data, the rest as holes; ``report`` gets the bytes done so far."""
+    cursor = start
+    for first, stop in data_extents(src, start, end):
+        writer.hole(cursor + delta, first + delta)
+        off = first
         while off < stop:
             if cancel.is_set():
                 raise Cancelled("transfer cancelled")
             buf = os.pread(src, min(CHUNK, stop - off), off)
             if not buf:
-                raise Failed(f"the file shrank during the upload (at byte {off})")
+                raise Failed(f"{ended} (at byte {off})")
             writer.data(off + delta, buf)
             off += len(buf)
-            progress(off - pos, n)
+            report(off - start)
         cursor = stop
     writer.hole(cursor + delta, end + delta)
     writer.flush()
-    os.lseek(src, end, os.SEEK_SET)
-    progress(n, n)
-    return n
 
 
 # -- download ---------------------------------------------------------------------
@@ -320,22 +328,8 @@ def _download_file(src: int, dst: int, st: os.stat_result, offset: int, n: int,
     delta = base - offset
     zeroer = RangeZeroer(dst, keep_allocation=False, cancel=cancel, st=st)
     writer = _SparseWriter(dst, zeroer, clip=st.st_size)   # only the file's old bytes
-    cursor = offset
-    for start, stop in data_extents(src, offset, offset + n):
-        writer.hole(cursor + delta, start + delta)
-        off = start
-        while off < stop:
-            if cancel.is_set():
-                raise Cancelled("transfer cancelled")
-            buf = os.pread(src, min(CHUNK, stop - off), off)
-            if not buf:
-                raise Failed(f"the volume ended early (at byte {off})")
-            writer.data(off + delta, buf)
-            off += len(buf)
-            progress(off - offset, n)
-        cursor = stop
-    writer.hole(cursor + delta, offset + n + delta)
-    writer.flush()
+    _copy_extents(src, writer, offset, offset + n, delta, cancel,
+                  lambda done: progress(done, n), "the volume ended early")
     final = base + n
     if os.fstat(dst).st_size < final:
         os.ftruncate(dst, final)
