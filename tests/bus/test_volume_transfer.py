@@ -362,3 +362,23 @@ async def test_fd_passing_with_dbus_fast(svc):
     await test_upload_sparse_file_keeps_holes(svc)
     await test_download_range_into_pipe_sends_every_byte(svc)
     await test_out_of_range_is_refused_and_changes_nothing(svc)
+
+
+async def test_fds_sent_with_other_calls_are_closed(svc):
+    """A caller attaching fds to a call that takes none (or to a signal) cannot make the
+    daemon keep them open: they are closed as they arrive."""
+    await svc.running_dir_pool(POOL)
+    r, w = os.pipe()
+    try:
+        before = _daemon_holds(svc, "/nonexistent")
+        for _ in range(20):
+            reply = await svc.client.call(Message(
+                destination="org.example.Storage", path="/org/example/Storage",
+                interface="org.example.Storage.Manager", member="ListPools",
+                signature="a{sv}", body=[{}], unix_fds=[r, w]))
+            assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+        await svc.manager("ListPools", "a{sv}", {})
+        assert _daemon_holds(svc, "/nonexistent") == before
+    finally:
+        os.close(r)
+        os.close(w)

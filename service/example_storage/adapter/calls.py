@@ -9,13 +9,16 @@ caller. A test checks that every exported method carries a mark and that it matc
 the introspection docs.
 """
 
+import contextlib
 import contextvars
 import functools
 import logging
+import os
 from collections.abc import Callable
 
 from ..errors import Failed, InvalidArgument, StorageError
 from .bus import DBusError, Message, MessageType, Variant
+from .paths import VOLUME_IFACE
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +32,23 @@ OWNER_EXEMPT_ATTRIBUTE = "__polkit_owner_exempt__"
 PUBLIC = "none"
 
 
+# The methods that take a Unix fd (an ``h``, on VOLUME_IFACE); they close what their call
+# carried (volume_iface.closes_fds). Every other message's fds are closed on arrival.
+FD_METHODS = frozenset({"Upload", "Download"})
+
+
 def track_callers(msg: Message) -> None:
-    """Bus message handler: remember which call is being dispatched."""
+    """Bus message handler: remember which call is being dispatched, and close the fds
+    of a message no method of ours takes (the D-Bus library never closes them: a caller
+    could otherwise fill the daemon's fd table)."""
     if msg.message_type == MessageType.METHOD_CALL:
         current_message.set(msg)
+    if msg.unix_fds and (msg.message_type != MessageType.METHOD_CALL
+                         or msg.member not in FD_METHODS
+                         or msg.interface not in (None, VOLUME_IFACE)):
+        for fd in set(msg.unix_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
     return None
 
 
