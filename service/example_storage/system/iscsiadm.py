@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import AuthFailed, Failed, InvalidArgument, NotFound
 from .runner import run_command
+from .sysfs import list_dir, parse_int, read_attr
 
 ISCSIADM = "iscsiadm"
 ISCSID = "iscsid"
@@ -175,24 +176,24 @@ def read_sessions(root: str | os.PathLike[str] = "/") -> list[IscsiSession]:
     """The kernel's iSCSI sessions, by session id."""
     base = Path(root) / "sys" / "class"
     found = []
-    for name in _listdir(base / "iscsi_session"):
+    for name in list_dir(base / "iscsi_session"):
         m = re.fullmatch(r"session(\d+)", name)
         if not m:
             continue
         sid = int(m.group(1))
         sdir = base / "iscsi_session" / name
         conn = base / "iscsi_connection" / f"connection{sid}:0"
-        address = _read(conn / "persistent_address") or _read(conn / "address")
-        port = _int(_read(conn / "persistent_port") or _read(conn / "port"))
+        address = read_attr(conn / "persistent_address") or read_attr(conn / "address")
+        port = parse_int(read_attr(conn / "persistent_port") or read_attr(conn / "port"))
         host = None
         with contextlib.suppress(OSError):
             parent = os.path.basename(os.path.dirname(os.path.realpath(sdir / "device")))
             if re.fullmatch(r"host\d+", parent):
                 host = int(parent[4:])
         found.append(IscsiSession(
-            sid=sid, target=_read(sdir / "targetname"), address=address, port=port,
-            iface=_read(sdir / "ifacename"), initiator=_read(sdir / "initiatorname"),
-            state=_read(sdir / "state"), host=host,
+            sid=sid, target=read_attr(sdir / "targetname"), address=address, port=port,
+            iface=read_attr(sdir / "ifacename"), initiator=read_attr(sdir / "initiatorname"),
+            state=read_attr(sdir / "state"), host=host,
         ))
     return sorted(found, key=lambda s: s.sid)
 
@@ -202,10 +203,10 @@ def find_record(db_root: str | os.PathLike[str], target: str, port: int,
     """The node record file of ``target`` on ``port`` through ``iface`` (either style)."""
     tdir = Path(db_root) / "nodes" / target
     candidates: list[Path] = []
-    for entry in sorted(_listdir(tdir)):
+    for entry in sorted(list_dir(tdir)):
         path = tdir / entry
         if path.is_dir():
-            candidates += [path / f for f in sorted(_listdir(path))]
+            candidates += [path / f for f in sorted(list_dir(path))]
         elif path.is_file():
             candidates.append(path)
     for path in candidates:
@@ -316,24 +317,3 @@ async def rescan(sid: int) -> None:
     """Rescan session ``sid``: sizes of its LUNs, and new LUNs (returns when done)."""
     await _iscsiadm(["-m", "session", "-r", str(int(sid)), "--rescan"],
                     f"rescanning iSCSI session {sid}")
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .iscsi import Designator, pick_wwn
-from .sysfs import SECTOR, parse_uevent, parse_vpd_pg80
+from .sysfs import SECTOR, list_dir, parse_int, parse_uevent, parse_vpd_pg80, read_attr
 
 # SCSI peripheral device types that become volumes (as libvirt: disks and CD/DVD drives).
 TYPE_DISK = 0
@@ -182,7 +182,7 @@ class ScsiSysfs:
 
     # -- hosts ------------------------------------------------------------------------
     def host_names(self) -> list[str]:
-        names = [n for n in _listdir(self.sys / "class" / "scsi_host")
+        names = [n for n in list_dir(self.sys / "class" / "scsi_host")
                  if parse_host_name(n) is not None]
         return sorted(names, key=lambda n: parse_host_name(n) or 0)
 
@@ -203,8 +203,8 @@ class ScsiSysfs:
         return ScsiHost(
             name=name,
             number=number,
-            proc_name=_read(class_dir / "proc_name"),
-            unique_id=_int(_read(class_dir / "unique_id")),
+            proc_name=read_attr(class_dir / "proc_name"),
+            unique_id=parse_int(read_attr(class_dir / "unique_id")),
             pci_address=pci_address_of(device_dir),
             device_dir=device_dir,
             fc=self._fc(name),
@@ -216,10 +216,10 @@ class ScsiSysfs:
             return None
         device_dir = _realpath(self.sys / "class" / "scsi_host" / name / "device")
         return FcHost(
-            node_name=normalize_wwn(_read(fc_dir / "node_name")),
-            port_name=normalize_wwn(_read(fc_dir / "port_name")),
-            fabric_name=normalize_wwn(_read(fc_dir / "fabric_name")),
-            port_state=_read(fc_dir / "port_state"),
+            node_name=normalize_wwn(read_attr(fc_dir / "node_name")),
+            port_name=normalize_wwn(read_attr(fc_dir / "port_name")),
+            fabric_name=normalize_wwn(read_attr(fc_dir / "fabric_name")),
+            port_state=read_attr(fc_dir / "port_state"),
             parent=fc_parent_of(device_dir),
             vport_capable=(fc_dir / "vport_create").exists(),
         )
@@ -235,7 +235,7 @@ class ScsiSysfs:
     def find_fc_host(self, wwnn: str, wwpn: str) -> ScsiHost | None:
         """The FC host whose port has these WWNN and WWPN (any spelling)."""
         wwnn, wwpn = normalize_wwn(wwnn), normalize_wwn(wwpn)
-        for name in sorted(_listdir(self.sys / "class" / "fc_host")):
+        for name in sorted(list_dir(self.sys / "class" / "fc_host")):
             host = self.host(name)
             if host is not None and host.fc is not None and \
                     (host.fc.node_name, host.fc.port_name) == (wwnn, wwpn):
@@ -246,7 +246,7 @@ class ScsiSysfs:
     def lun_addresses(self, host: int) -> list[str]:
         """'H:C:T:L' of every SCSI device on host number ``host``, in LUN order."""
         found = []
-        for name in _listdir(self.sys / "bus" / "scsi" / "devices"):
+        for name in list_dir(self.sys / "bus" / "scsi" / "devices"):
             address = parse_scsi_address(name)
             if address is not None and address[0] == host:
                 found.append((address, name))
@@ -262,12 +262,12 @@ class ScsiSysfs:
         if parsed is None:
             return None
         dev = self.sys / "bus" / "scsi" / "devices" / address
-        kind = _int(_read(dev / "type"))
+        kind = parse_int(read_attr(dev / "type"))
         if kind is None:
             return None
-        block = next(iter(_listdir(dev / "block")), "")
-        uevent = parse_uevent(_read(dev / "block" / block / "uevent")) if block else {}
-        size = (_int(_read(dev / "block" / block / "size")) or 0) * SECTOR if block else 0
+        block = next(iter(list_dir(dev / "block")), "")
+        uevent = parse_uevent(read_attr(dev / "block" / block / "uevent")) if block else {}
+        size = (parse_int(read_attr(dev / "block" / block / "size")) or 0) * SECTOR if block else 0
         try:
             designators = parse_vpd_pg83((dev / "vpd_pg83").read_bytes())
         except OSError:
@@ -281,11 +281,11 @@ class ScsiSysfs:
             host=host, channel=channel, target=target, lun=lun, device_type=kind,
             block=block, devname=(uevent.get("DEVNAME") or block) if block else "",
             size=size,
-            wwn=pick_wwn(designators) or wwn_from_wwid(_read(dev / "wwid")),
+            wwn=pick_wwn(designators) or wwn_from_wwid(read_attr(dev / "wwid")),
             serial=serial,
-            vendor=_read(dev / "vendor"),
-            model=_read(dev / "model"),
-            state=_read(dev / "state"),
+            vendor=read_attr(dev / "vendor"),
+            model=read_attr(dev / "model"),
+            state=read_attr(dev / "state"),
         )
 
     # -- actions ----------------------------------------------------------------------
@@ -310,18 +310,11 @@ def stable_link(directory: str, node: str) -> str:
     if not node:
         return ""
     target = os.path.realpath(node)
-    for entry in sorted(_listdir(Path(directory))):
+    for entry in sorted(list_dir(Path(directory))):
         link = os.path.join(directory, entry)
         if os.path.islink(link) and os.path.realpath(link) == target:
             return link
     return ""
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 def _realpath(path: Path) -> str:
@@ -329,17 +322,3 @@ def _realpath(path: Path) -> str:
         return os.path.realpath(path)
     except OSError:
         return ""
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace").replace("\0", "").strip()
-    except OSError:
-        return ""
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None

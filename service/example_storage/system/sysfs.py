@@ -108,7 +108,7 @@ class SysfsReader:
         try:
             devdir = Path(os.path.realpath(link))
             uevent = parse_uevent((devdir / "uevent").read_text(errors="replace"))
-            major, minor = (int(x) for x in _read(devdir / "dev").split(":", 1))
+            major, minor = (int(x) for x in read_attr(devdir / "dev").split(":", 1))
         except (OSError, ValueError):
             return None
         is_partition = (devdir / "partition").exists()
@@ -121,22 +121,22 @@ class SysfsReader:
             major=major,
             minor=minor,
             size=_read_int(devdir / "size") * SECTOR,
-            read_only=_read(devdir / "ro") == "1",
-            removable=_read(disk_dir / "removable") == "1",
+            read_only=read_attr(devdir / "ro") == "1",
+            removable=read_attr(disk_dir / "removable") == "1",
             devtype="partition" if is_partition else (uevent.get("DEVTYPE") or "disk"),
             partition=_read_int(devdir / "partition") if is_partition else None,
             parent=parent,
-            holders=_listdir(devdir / "holders"),
-            slaves=_listdir(devdir / "slaves"),
+            holders=list_dir(devdir / "holders"),
+            slaves=list_dir(devdir / "slaves"),
             wwid="" if is_partition else _first(devdir / "wwid", device_dir / "wwid"),
             serial="" if is_partition else self._serial(devdir, device_dir),
-            vendor="" if is_partition else _name_text(_read(device_dir / "vendor")),
-            model="" if is_partition else _read(device_dir / "model"),
-            dm_name=_read(devdir / "dm" / "name"),
-            dm_uuid=_read(devdir / "dm" / "uuid"),
-            loop_backing_file=_read(devdir / "loop" / "backing_file"),
+            vendor="" if is_partition else _name_text(read_attr(device_dir / "vendor")),
+            model="" if is_partition else read_attr(device_dir / "model"),
+            dm_name=read_attr(devdir / "dm" / "name"),
+            dm_uuid=read_attr(devdir / "dm" / "uuid"),
+            loop_backing_file=read_attr(devdir / "loop" / "backing_file"),
             scsi_address="" if is_partition else _scsi_address(device_dir),
-            diskseq=_read_int_or_none(disk_dir / "diskseq") or _int(uevent.get("DISKSEQ")),
+            diskseq=_read_int_or_none(disk_dir / "diskseq") or parse_int(uevent.get("DISKSEQ")),
             uevent=uevent,
         )
 
@@ -151,7 +151,7 @@ class SysfsReader:
             return ""
 
 
-def _read(path: Path) -> str:
+def read_attr(path: Path) -> str:
     try:
         return _clean(path.read_text(errors="replace"))
     except OSError:
@@ -165,13 +165,13 @@ def _name_text(text: str) -> str:
 
 def _first(*paths: Path) -> str:
     for path in paths:
-        text = _read(path)
+        text = read_attr(path)
         if text:
             return text
     return ""
 
 
-def _int(text: str | None) -> int | None:
+def parse_int(text: str | None) -> int | None:
     try:
         return int(text) if text is not None else None
     except ValueError:
@@ -179,14 +179,14 @@ def _int(text: str | None) -> int | None:
 
 
 def _read_int_or_none(path: Path) -> int | None:
-    return _int(_read(path) or None)
+    return parse_int(read_attr(path) or None)
 
 
 def _read_int(path: Path) -> int:
     return _read_int_or_none(path) or 0
 
 
-def _listdir(path: Path) -> tuple[str, ...]:
+def list_dir(path: Path) -> tuple[str, ...]:
     try:
         return tuple(sorted(os.listdir(path)))
     except OSError:
