@@ -365,9 +365,10 @@ async def test_fd_passing_with_dbus_fast(svc):
 
 
 async def test_fds_sent_with_other_calls_are_closed(svc):
-    """A caller attaching fds to a call that takes none (or to a signal) cannot make the
-    daemon keep them open: they are closed as they arrive."""
-    await svc.running_dir_pool(POOL)
+    """A caller attaching fds to a call that takes none (or to a signal), or to an Upload
+    that never runs (no such volume, another signature), cannot make the daemon keep them
+    open: they are closed as they arrive."""
+    pool = await svc.running_dir_pool(POOL)
     r, w = os.pipe()
     try:
         before = _daemon_holds(svc, "/nonexistent")
@@ -377,6 +378,17 @@ async def test_fds_sent_with_other_calls_are_closed(svc):
                 interface="org.example.Storage.Manager", member="ListPools",
                 signature="a{sv}", body=[{}], unix_fds=[r, w]))
             assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+        missing = f"{pool}/volumes/nothere"
+        for path, signature, body in [
+                (missing, "htta{sv}", [0, 0, 0, {}]),
+                ("/org/example/Storage/nothing", "htta{sv}", [0, 0, 0, {}]),
+                (missing, "hta{sv}", [0, 0, {}])]:
+            for _ in range(10):
+                reply = await svc.client.call(Message(
+                    destination="org.example.Storage", path=path,
+                    interface="org.example.Storage.Volume", member="Upload",
+                    signature=signature, body=body, unix_fds=[r]))
+                assert reply.message_type == MessageType.ERROR, reply.body
         await svc.manager("ListPools", "a{sv}", {})
         assert _daemon_holds(svc, "/nonexistent") == before
     finally:

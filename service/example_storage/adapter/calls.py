@@ -23,7 +23,7 @@ from .paths import VOLUME_IFACE
 log = logging.getLogger(__name__)
 
 # The message being dispatched: set by a bus message handler right before the
-# library calls the method (see track_callers); asyncio tasks copy it at creation.
+# library calls the method (see CallerTracker); asyncio tasks copy it at creation.
 current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
     "current_message", default=None)
 
@@ -32,24 +32,36 @@ OWNER_EXEMPT_ATTRIBUTE = "__polkit_owner_exempt__"
 PUBLIC = "none"
 
 
-# The methods that take a Unix fd (an ``h``, on VOLUME_IFACE); they close what their call
-# carried (volume_iface.closes_fds). Every other message's fds are closed on arrival.
+# The methods that take a Unix fd (an ``h``, on VOLUME_IFACE, with this signature); they
+# close what their call carried (volume_iface.closes_fds). Every other message's fds are
+# closed on arrival.
 FD_METHODS = frozenset({"Upload", "Download"})
+FD_SIGNATURE = "htta{sv}"
 
 
-def track_callers(msg: Message) -> None:
+class CallerTracker:
     """Bus message handler: remember which call is being dispatched, and close the fds
-    of a message no method of ours takes (the D-Bus library never closes them: a caller
-    could otherwise fill the daemon's fd table)."""
-    if msg.message_type == MessageType.METHOD_CALL:
-        current_message.set(msg)
-    if msg.unix_fds and (msg.message_type != MessageType.METHOD_CALL
-                         or msg.member not in FD_METHODS
-                         or msg.interface not in (None, VOLUME_IFACE)):
-        for fd in set(msg.unix_fds):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return None
+    of a message no method of ours will take (the D-Bus library never closes them: a
+    caller could otherwise fill the daemon's fd table). ``is_volume(path)`` tells
+    whether a volume is exported at ``path``: an Upload to any other path, or with
+    another signature, is refused by the library without our method ever running."""
+
+    def __init__(self, is_volume: Callable[[str], bool]) -> None:
+        self.is_volume = is_volume
+
+    def __call__(self, msg: Message) -> None:
+        if msg.message_type == MessageType.METHOD_CALL:
+            current_message.set(msg)
+        if msg.unix_fds and not self._taken_by_a_method(msg):
+            for fd in set(msg.unix_fds):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return None
+
+    def _taken_by_a_method(self, msg: Message) -> bool:
+        return (msg.message_type == MessageType.METHOD_CALL and msg.member in FD_METHODS
+                and msg.interface in (None, VOLUME_IFACE) and msg.signature == FD_SIGNATURE
+                and self.is_volume(msg.path))
 
 
 def option(options: dict, key: str, signature: str, default=None):

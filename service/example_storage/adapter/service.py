@@ -8,7 +8,7 @@ from ..core.manager import StorageManager
 from ..errors import Failed
 from .authority import PolkitAuthority
 from .bus import MessageBus, NameFlag, RequestNameReply
-from .calls import track_callers
+from .calls import CallerTracker
 from .direct_replies import DirectReplies
 from .manager_iface import ManagerInterface
 from .objects import ObjectTree
@@ -35,7 +35,8 @@ class StorageService:
 
     async def start(self) -> None:
         """Export everything, restore pools, and only then take the bus name."""
-        self.bus.add_message_handler(track_callers)
+        self.bus.add_message_handler(
+            CallerTracker(lambda path: self.objects.volume_at(path) is not None))
         self.bus.add_message_handler(DirectReplies(self.objects, self.manager_object))
         self.bus.export(MANAGER_PATH, self.manager_object)
         # Restoring pools exports nothing while it runs (each volume would otherwise be
