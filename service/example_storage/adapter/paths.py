@@ -1,5 +1,7 @@
 """Object paths of the service (stable: derived from names only)."""
 
+import functools
+
 from ..model.names import encode_path_element
 
 BUS_NAME = "org.example.Storage"
@@ -16,6 +18,7 @@ JOB_IFACE = "org.example.Storage.Job"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 
 
+@functools.lru_cache(maxsize=1024)
 def pool_path(pool_name: str) -> str:
     return f"{POOLS_PATH}/{encode_path_element(pool_name)}"
 

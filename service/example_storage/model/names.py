@@ -8,7 +8,8 @@ import uuid as _uuid
 from ..errors import InvalidArgument
 
 MAX_NAME_BYTES = 255
-_SAFE = re.compile(r"[A-Za-z0-9]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -25,7 +26,7 @@ def validate_name(name: str, what: str = "name") -> str:
         raise InvalidArgument(f"{what} must not be '.' or '..'")
     if "/" in name:
         raise InvalidArgument(f"{what} must not contain '/'")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         raise InvalidArgument(f"{what} must not contain NUL or control characters")
     if name.startswith("-"):
         raise InvalidArgument(f"{what} must not start with '-'")
@@ -48,13 +49,11 @@ def encode_path_element(name: str) -> str:
     """
     if name == "":
         return "_"
-    out = []
-    for ch in name:
-        if _SAFE.fullmatch(ch):
-            out.append(ch)
-        else:
-            out.extend(f"_{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
-    return "".join(out)
+    return _UNSAFE.sub(_escape, name)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"_{b:02x}" for b in match.group().encode("utf-8", "surrogatepass"))
 
 
 def decode_path_element(element: str) -> str:

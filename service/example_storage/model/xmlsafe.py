@@ -139,6 +139,8 @@ def child_text(parent: etree._Element, tag: str) -> str | None:
     el = parent.find(tag)
     if el is None:
         return None
+    if len(el) == 0:            # no child elements: its text is all of it
+        return el.text or None
     return "".join(el.itertext()) or None
 
 
