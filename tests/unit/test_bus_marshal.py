@@ -1,9 +1,10 @@
-"""Replies the adapter marshals itself are byte for byte what the library writes.
+"""Messages the adapter marshals itself are byte for byte what the library writes.
 
 adapter/managed_objects.py joins GetManagedObjects' body from entries marshalled one object
-at a time (and reused while an object is unchanged); adapter/bus.py puts the library's
-method-return header in front of such a body. Both are compared here with the library
-marshalling the same reply in one go (the library adapter/bus.py picked: dbus-next unless
+at a time (and reused while an object is unchanged), and the same entry is the body of the
+object's InterfacesAdded; adapter/bus.py puts the library's method-return or signal header
+in front of such a body. All are compared here with the library marshalling the same
+message in one go (the library adapter/bus.py picked: dbus-next unless
 EXAMPLE_STORAGE_DBUS=dbus-fast).
 """
 
@@ -12,8 +13,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from example_storage.adapter.bus import Message, Variant, marshal, method_return_bytes
-from example_storage.adapter.managed_objects import SIGNATURE, ManagedObjectsBody
+from example_storage.adapter.bus import (
+    MarshalledSignal,
+    Message,
+    Variant,
+    marshal,
+    method_return_bytes,
+)
+from example_storage.adapter.managed_objects import SIGNATURE, ManagedObjectsBody, ObjectEntries
 from example_storage.adapter.properties import ExportedObject
 
 
@@ -37,7 +44,7 @@ def _library_body(objects: dict[str, ExportedObject]) -> bytes:
 
 
 def test_joined_body_equals_the_librarys():
-    tree = SimpleNamespace(objects={})
+    tree = SimpleNamespace(objects={}, entries=ObjectEntries())
     body = ManagedObjectsBody(tree)
     assert body() == _library_body(tree.objects)                       # empty
     for i in range(40):          # names of every length mod 8, odd-sized entries
@@ -70,3 +77,38 @@ def test_method_return_equals_the_librarys(signature, values, sender):
     ours = method_return_bytes(call, 9, signature, marshal(signature, values) if signature
                                else b"")
     assert ours == bytes(library._marshall(False))
+
+
+def _library_signal(path, interface, member, signature, body, serial) -> bytes:
+    msg = Message.new_signal(path=path, interface=interface, member=member,
+                             signature=signature, body=body)
+    msg.serial = serial
+    return bytes(msg._marshall(False))
+
+
+@pytest.mark.parametrize("path", ["/o", "/org/example/Storage", "/a/bcdefgh"])
+def test_interfaces_added_from_the_entry_equals_the_librarys(path):
+    entries = ObjectEntries()
+    signal = MarshalledSignal("/org/example/Storage", "org.freedesktop.DBus.ObjectManager",
+                              "InterfacesAdded", "oa{sa{sv}}")
+    for i, serial in ((0, 1), (5, 70000), (11, 2**32 - 1)):
+        obj = Thing("n" * i, i)
+        values = obj.property_values()
+        body = entries.interfaces_added_body(path, obj, values)
+        assert signal.message(serial, body) == _library_signal(
+            "/org/example/Storage", "org.freedesktop.DBus.ObjectManager", "InterfacesAdded",
+            "oa{sa{sv}}", [path, {obj.name: obj.property_variants(values)}], serial)
+    # and that entry is the one a listing then uses
+    tree = SimpleNamespace(objects={path: obj}, entries=entries)
+    assert ManagedObjectsBody(tree)() == _library_body(tree.objects)
+
+
+@pytest.mark.parametrize("signature, values", [
+    ("oas", ["/org/example/Storage/pools/p", ["org.example.Storage.Pool"]]),
+    ("", []),
+    ("s", ["x" * 9]),
+])
+def test_marshalled_signal_equals_the_librarys(signature, values):
+    signal = MarshalledSignal("/p/q", "org.example.I", "Changed", signature)
+    assert signal.message(42, marshal(signature, values) if signature else b"") == \
+        _library_signal("/p/q", "org.example.I", "Changed", signature, values, 42)

@@ -3,10 +3,12 @@
 The daemon's MessageBus (the real class, over a real Unix socket) talks to a minimal bus
 peer in a thread: the peer answers the authentication and Hello, then reads nothing while
 the daemon side queues ~2.5 MB of messages (so the socket is certainly full and ``send``
-fails with EAGAIN), every other one carrying a Unix fd. The connection must survive, and once
-the peer reads again every message must arrive, in order, each fd with its message. (A
-message this small is never sent in part: EAGAIN comes at the start of one, so with every
-other message carrying an fd, the writer's fd handling on EAGAIN is exercised many times.)
+fails with EAGAIN), every other one (or every seventh) carrying a Unix fd. The connection must
+survive, and once the peer reads again every message must arrive, in order, each fd with its
+message. (With every other message carrying an fd, each goes alone and EAGAIN comes at the
+start of one, so the writer's fd handling on EAGAIN is exercised many times; with runs of six
+messages without fds, the writer joins them into one send, which the full socket then takes
+in part.)
 
 Each library runs in its own process (adapter/bus.py picks it from EXAMPLE_STORAGE_DBUS at
 import): ``python -m tests.unit.test_bus_writer DIR`` is the scenario.
@@ -31,12 +33,13 @@ REPO = Path(__file__).resolve().parents[2]
 COUNT = 2500               # messages; each ~1 KiB, the odd ones with an fd
 
 
+@pytest.mark.parametrize("fd_every", [2, 7])
 @pytest.mark.parametrize("library", ["dbus-next", "dbus-fast"])
-def test_a_full_socket_is_waited_for_not_fatal(library, tmp_path):
+def test_a_full_socket_is_waited_for_not_fatal(library, fd_every, tmp_path):
     if library == "dbus-fast":
         pytest.importorskip("dbus_fast")
     res = subprocess.run(
-        [sys.executable, "-m", "tests.unit.test_bus_writer", str(tmp_path)],
+        [sys.executable, "-m", "tests.unit.test_bus_writer", str(tmp_path), str(fd_every)],
         env={**os.environ, "EXAMPLE_STORAGE_DBUS": library}, cwd=REPO,
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
@@ -134,7 +137,7 @@ class StallingPeer(threading.Thread):
             self._buf += data
 
 
-async def scenario(tmp: Path) -> str:
+async def scenario(tmp: Path, fd_every: int) -> str:
     from example_storage.adapter.bus import LIBRARY, Message, MessageBus
 
     sock_path = tmp / "peer.sock"
@@ -146,8 +149,9 @@ async def scenario(tmp: Path) -> str:
     marker.write_text("the fd's file")
     fd = os.open(marker, os.O_RDONLY)
     padding = "x" * 1000
+    with_fd = [i % fd_every == 1 for i in range(COUNT)]
     for i in range(COUNT):
-        if i % 2:
+        if with_fd[i]:
             bus.send(Message(destination=":1.1", path="/t", interface="t.T", member="Fd",
                              signature="hu", body=[0, i], unix_fds=[fd]))
         else:
@@ -161,9 +165,9 @@ async def scenario(tmp: Path) -> str:
     assert bus.connected
     assert [m.body[1] if m.member == "Fd" else m.body[0] for m in peer.messages] == list(
         range(COUNT))
-    assert [m.member for m in peer.messages] == ["Fd" if i % 2 else "S" for i in range(COUNT)]
+    assert [m.member for m in peer.messages] == ["Fd" if w else "S" for w in with_fd]
     mine = os.fstat(fd)
-    assert peer.fds == [(mine.st_dev, mine.st_ino)] * (COUNT // 2)
+    assert peer.fds == [(mine.st_dev, mine.st_ino)] * sum(with_fd)
     os.close(fd)
     bus.disconnect()
     peer.close()
@@ -171,4 +175,4 @@ async def scenario(tmp: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(asyncio.run(scenario(Path(sys.argv[1]))))
+    print(asyncio.run(scenario(Path(sys.argv[1]), int(sys.argv[2]))))

@@ -8,9 +8,10 @@ carrying only the properties whose values differ from what was last announced.
 
 import logging
 
-from .bus import Message, MessageBus, Variant
+from .bus import MarshalledSignal, MessageBus, Variant, marshal
 from .device_iface import DeviceInterface
 from .job_iface import JobInterface
+from .managed_objects import ObjectEntries
 from .paths import (
     MANAGER_PATH,
     OBJECT_MANAGER_IFACE,
@@ -25,6 +26,11 @@ from .volume_iface import VolumeInterface
 
 log = logging.getLogger(__name__)
 
+_INTERFACES_ADDED = MarshalledSignal(MANAGER_PATH, OBJECT_MANAGER_IFACE, "InterfacesAdded",
+                                     "oa{sa{sv}}")
+_INTERFACES_REMOVED = MarshalledSignal(MANAGER_PATH, OBJECT_MANAGER_IFACE,
+                                       "InterfacesRemoved", "oas")
+
 
 class ObjectTree:
     def __init__(self, bus: MessageBus, service) -> None:
@@ -32,6 +38,8 @@ class ObjectTree:
         self.service = service
         self.objects: dict[str, ExportedObject] = {}
         self._announced: dict[str, dict[str, object]] = {}
+        # each object's GetManagedObjects entry, also its InterfacesAdded body
+        self.entries = ObjectEntries()
 
     # -- lookups for the interfaces -----------------------------------------
     def volume_at(self, path: str) -> VolumeInterface | None:
@@ -46,16 +54,17 @@ class ObjectTree:
         self.bus.export(path, obj)
         values = obj.property_values()
         self._announced[path] = values
-        self._signal("InterfacesAdded", "oa{sa{sv}}",
-                     [path, {obj.name: obj.property_variants(values)}])
+        self.bus.send_signal(_INTERFACES_ADDED,
+                             self.entries.interfaces_added_body(path, obj, values))
 
     def _unexport(self, path: str) -> None:
         obj = self.objects.pop(path, None)
         if obj is None:
             return
         self._announced.pop(path, None)
+        self.entries.forget(path)
         self.bus.unexport(path, obj)
-        self._signal("InterfacesRemoved", "oas", [path, [obj.name]])
+        self.bus.send_signal(_INTERFACES_REMOVED, marshal("oas", [path, [obj.name]]))
 
     def _changed(self, path: str) -> dict[str, object]:
         """Announce the properties that differ from the last announcement; return them."""
@@ -69,12 +78,6 @@ class ObjectTree:
         if changed:
             obj.emit_properties_changed(changed)
         return changed
-
-    def _signal(self, member: str, signature: str, body: list) -> None:
-        self.bus.send(Message.new_signal(
-            path=MANAGER_PATH, interface=OBJECT_MANAGER_IFACE, member=member,
-            signature=signature, body=body,
-        ))
 
     # -- StorageListener ----------------------------------------------------
     def pool_added(self, pool) -> None:
@@ -118,6 +121,7 @@ class ObjectTree:
         if not self.bus.connected:    # the daemon is stopping: nobody to tell
             self.objects.pop(path, None)
             self._announced.pop(path, None)
+            self.entries.forget(path)
             return
         obj = self.objects.get(path)
         if isinstance(obj, JobInterface):
