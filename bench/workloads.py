@@ -6,6 +6,8 @@ Each figure lands in a ``Results`` dict under a fixed key; a workload that fails
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import sys
 import time
 import traceback
@@ -183,6 +185,14 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
     return r
 
 
+def settle(directory: Path) -> None:
+    """Write back everything pending on ``directory``'s filesystem (``sync -f``: syncfs), so
+    that a timed clone does not also pay for writeback an earlier workload (or the other
+    service) left there."""
+    subprocess.run(["sync", "-f", str(directory)], check=True, capture_output=True,
+                   timeout=120)
+
+
 def side_dir(side) -> str:
     return "libvirt" if isinstance(side, LibvirtSide) else "ours"
 
@@ -199,6 +209,7 @@ async def _clones(side, cfg: Config, r: Results, fstype: str, target: Path) -> N
         for suffix, flags in variants:
             times = []
             for i in range(cfg.clone_reps):
+                await asyncio.to_thread(settle, target)
                 secs, clone = await timed(side.clone(pool, source, f"clone{i}.img",
                                                      cfg.clone_capacity, flags))
                 clone_path = await side.volume_path(clone)
