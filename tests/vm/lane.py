@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.testdata import LIBVIRT_TESTDATA
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE_ROOT = Path(os.environ.get("EXAMPLE_STORAGE_VM_CACHE", "/var/cache/example-storage-vm"))
 # Bump when the way the kernel dir (download, extraction, depmod, vmlinux) is made changes.
@@ -98,7 +100,7 @@ for ko in @EARLY@; do
 done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none results /results \
   || die "cannot mount the results share"
-VM_NET=0; VM_LIVE=0; VM_CHECKOUT=
+VM_NET=0; VM_LIVE=0; VM_CHECKOUT=; VM_TESTDATA=
 . /results/config
 # cache=loose: Python imports run ~2x faster than with cache=none (the root is read-only).
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /lower \
@@ -120,6 +122,12 @@ if [ -n "$VM_CHECKOUT" ]; then
   mkdir -p "$R$VM_CHECKOUT"
   mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro checkout \
     "$R$VM_CHECKOUT" || die "cannot mount the checkout share"
+fi
+# libvirt's XML test files (../shared beside the checkout), at their own path too
+if [ -n "$VM_TESTDATA" ]; then
+  mkdir -p "$R$VM_TESTDATA"
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro testdata \
+    "$R$VM_TESTDATA" || die "cannot mount the testdata share"
 fi
 mkdir -p $R/run/lock $R/run/vm-lane $R/lib/modules/$KVER
 mount -o bind /results $R/run/vm-lane
@@ -592,7 +600,7 @@ def _job_script(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
 
 
 def _qemu_argv(image: VmImage, workdir: Path, disks: Sequence[Path], net: bool, memory: int,
-               smp: int, live: bool) -> list[str]:
+               smp: int, live: bool, testdata: Path | None = None) -> list[str]:
     argv = [
         QEMU, "-nodefaults", "-no-user-config", "-machine", "pc",
         "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(smp), "-m", str(memory),
@@ -607,6 +615,9 @@ def _qemu_argv(image: VmImage, workdir: Path, disks: Sequence[Path], net: bool, 
         "-virtfs", f"local,path={REPO},mount_tag=checkout,security_model=none,readonly=on,"
                    "multidevs=remap",
     ]
+    if testdata is not None:
+        argv += ["-virtfs", f"local,path={testdata},mount_tag=testdata,security_model=none,"
+                            "readonly=on,multidevs=remap"]
     for i, disk in enumerate(disks):
         argv += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe,index={i}"]
     if net:
@@ -666,8 +677,12 @@ def boot(
     results.mkdir(parents=True, exist_ok=True)
     for stale in ("rc", "output.txt", "junit.xml", "init-error"):
         (results / stale).unlink(missing_ok=True)
+    # libvirt's test files, where the guest's tests look for them (a checkout below /tmp has
+    # them below /tmp too, a tmpfs in the guest): shared read-only at the same path
+    testdata = LIBVIRT_TESTDATA.absolute() if LIBVIRT_TESTDATA.is_dir() else None
     (results / "config").write_text(
-        f"VM_NET={int(net)}\nVM_LIVE={int(live)}\nVM_CHECKOUT={shlex.quote(str(REPO))}\n")
+        f"VM_NET={int(net)}\nVM_LIVE={int(live)}\nVM_CHECKOUT={shlex.quote(str(REPO))}\n"
+        f"VM_TESTDATA={shlex.quote(str(testdata or ''))}\n")
     (results / "job.sh").write_text(_job_script(argv, cwd, env or {}))
     disk_paths = [workdir / f"disk{i}.img" for i in range(disks)]
     for path in disk_paths:
@@ -680,7 +695,8 @@ def boot(
         with _flock(CACHE_ROOT / f"{image.kernel_version}.lock", fcntl.LOCK_SH), \
              open(qemu_log, "wb") as log:
             proc = subprocess.Popen(
-                _qemu_argv(image, workdir, disk_paths, net, memory, smp, live),
+                _qemu_argv(image, workdir, disk_paths, net, memory, smp, live,
+                           testdata.resolve() if testdata else None),
                 stdin=subprocess.DEVNULL, stdout=None if live else log, stderr=log,
                 start_new_session=True,
             )
