@@ -104,14 +104,18 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {}
 
+    # on the bench's own ext4 (journaled, fresh), not on whatever holds the temp dir
+    pool_dir = (mounts["ext4"] / side_dir(side) if "ext4" in mounts else workdir) / "bench"
+
     async def create_delete_get_list() -> None:
-        pool = await side.create_pool("bench", workdir / "bench")
+        pool = await side.create_pool("bench", pool_dir)
         state["pool"] = pool
         names = [f"v{i:05d}.img" for i in range(cfg.volumes)]
+        await asyncio.to_thread(settle, pool_dir)
         secs, vols = await timed(bounded(
             names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
         r["create_rate"] = cfg.volumes / secs
-        files = list((workdir / "bench").iterdir())
+        files = list(pool_dir.iterdir())
         if len(files) != cfg.volumes:
             raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
         state["vols"] = vols
@@ -136,10 +140,11 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
         r["get_median"], r["get_p99"] = median(lat["get"]), percentile(lat["get"], 99)
         r["ping_median"], r["ping_p99"] = median(lat["ping"]), percentile(lat["ping"], 99)
 
+        await asyncio.to_thread(settle, pool_dir)
         secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
         r["delete_rate"] = cfg.volumes / secs
         state["vols"] = []
-        left = list((workdir / "bench").iterdir())
+        left = list(pool_dir.iterdir())
         if left:
             raise AssertionError(f"{len(left)} files left after deleting every volume")
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -118,3 +120,44 @@ class LoopDevice:
 
     def __repr__(self) -> str:
         return f"LoopDevice({self.path!r}, image={str(self.image)!r})"
+
+
+MKFS = {
+    "xfs": ["mkfs.xfs", "-f", "-q", "-m", "reflink=1"],
+    "ext4": ["mkfs.ext4", "-F", "-q"],
+}
+
+
+@contextlib.contextmanager
+def mounted_filesystem(
+    directory: Path, fstype: str, size: int = 320 << 20, mkfs_options: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """A fresh ``fstype`` filesystem on a loop device of our own, mounted below
+    ``directory`` (mkfs.xfs wants at least 300 MiB; the image is sparse); unmounted and
+    detached afterwards. Skips the test without root, the tools or a free loop device."""
+    import pytest  # test-only helper: the rest of the harness runs outside pytest too
+
+    if os.geteuid() != 0:
+        pytest.skip("loop devices and mounts need root")
+    mkfs = [*MKFS[fstype], *mkfs_options]
+    missing = [t for t in ("losetup", "mount", "umount", mkfs[0]) if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    name = f"{fstype}{''.join(mkfs_options).replace('^', 'no').replace(' ', '')}"
+    try:
+        dev = LoopDevice(directory / f"{name}.img", size)
+    except Exception as e:  # noqa: BLE001 - no free loop device here
+        pytest.skip(f"no loop device: {e}")
+    try:
+        subprocess.run([*mkfs, dev.path], check=True, capture_output=True, timeout=120)
+        mnt = directory / f"mnt-{name}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", fstype, dev.path, str(mnt)], check=True,
+                       capture_output=True, timeout=60)
+        try:
+            yield mnt
+        finally:
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    finally:
+        dev.detach()

@@ -1,7 +1,6 @@
 """File volumes (dir/fs/netfs pools) on a temporary directory."""
 
 import asyncio
-import contextlib
 import errno
 import os
 import shutil
@@ -30,7 +29,7 @@ from example_storage.model.definitions import (
 from example_storage.system import qemu_img
 from example_storage.system.runner import run_command
 
-from tests.harness.loop import LoopDevice
+from tests.harness.loop import mounted_filesystem
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -410,39 +409,6 @@ async def test_dir_backend_lifecycle(tmp_path):
 
 # -- the data path on real filesystems: reflink, sparse copy, wipe by hole ------------
 
-def _tools(*names):
-    return all(shutil.which(n) for n in names)
-
-
-@contextlib.contextmanager
-def _mounted(tmp_path, fstype, size=320 * MiB):
-    """A fresh ``fstype`` filesystem on our own loop device, mounted below tmp_path
-    (mkfs.xfs wants at least 300 MiB; the image is sparse)."""
-    if os.geteuid() != 0:
-        pytest.skip("loop devices and mounts need root")
-    mkfs = {"xfs": ["mkfs.xfs", "-f", "-q", "-m", "reflink=1"],
-            "ext4": ["mkfs.ext4", "-F", "-q"]}[fstype]
-    if not _tools("losetup", "mount", "umount", mkfs[0]):
-        pytest.skip(f"needs losetup, mount and {mkfs[0]}")
-    try:
-        dev = LoopDevice(tmp_path / f"{fstype}.img", size)
-    except Exception as e:  # noqa: BLE001 - no free loop device here
-        pytest.skip(f"no loop device: {e}")
-    try:
-        subprocess.run([*mkfs, dev.path], check=True, capture_output=True, timeout=120)
-        mnt = tmp_path / f"mnt-{fstype}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", fstype, dev.path, str(mnt)], check=True,
-                       capture_output=True, timeout=60)
-        try:
-            yield mnt
-        finally:
-            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    finally:
-        dev.detach()
-
-
 def _write_islands(path, islands):
     """Write non-zero data at (offset, length) places; returns the bytes written."""
     block = os.urandom(MiB)
@@ -463,7 +429,7 @@ def _shared_extents(path) -> bool:
 
 
 async def test_clone_reflinks_on_xfs(tmp_path):
-    with _mounted(tmp_path, "xfs") as mnt:
+    with mounted_filesystem(tmp_path, "xfs") as mnt:
         src = await fv.create_volume(str(mnt), _vol("src", 256 * MiB))
         _write_islands(src.path, [(0, 100 * MiB), (150 * MiB, 100 * MiB)])
         free_before = fv.free_bytes(str(mnt))
@@ -487,7 +453,7 @@ async def test_clone_reflinks_on_xfs(tmp_path):
 
 @needs_qemu_img
 async def test_qcow2_clone_copies_the_file_only_when_nothing_changes(tmp_path):
-    with _mounted(tmp_path, "xfs") as mnt:
+    with mounted_filesystem(tmp_path, "xfs") as mnt:
         q = await fv.create_volume(str(mnt), _vol("q", 64 * MiB, format="qcow2"))
         await run_command(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 8M", q.path])
         plain = await fv.clone_volume(str(mnt), _vol("plain", None, format="qcow2"), q)
@@ -508,7 +474,7 @@ async def test_qcow2_clone_copies_the_file_only_when_nothing_changes(tmp_path):
 
 
 async def test_clone_on_ext4_is_a_sparse_copy(tmp_path):
-    with _mounted(tmp_path, "ext4") as mnt:
+    with mounted_filesystem(tmp_path, "ext4") as mnt:
         src = await fv.create_volume(str(mnt), _vol("src", 1 * GiB))
         data = _write_islands(src.path, [(i * 256 * MiB, 25 * MiB) for i in range(4)])
         assert data == 100 * MiB

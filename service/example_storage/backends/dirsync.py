@@ -1,12 +1,17 @@
-"""Group commit of new files: many files of one directory made durable by one round of
-work in a thread (each file's fsync, then the directory's), the way a database commits
+"""Group commit of new files: many new files of one directory, holding metadata only (no
+written data), made durable by one round of work in a thread, the way a database commits
 many transactions with one log flush.
 
 A volume create hands its open file over (``await sync_new_file(directory, fd)``) and
 returns once a round that started after its file was published has ended; creates that
-arrive while a round is under way join the next one. On a journaling filesystem the
-first fsync of a round commits the journal and the others find nothing left to do, so
-sixteen creates in flight cost about one commit, not sixteen.
+arrive while a round is under way join the next one.
+
+A round on a filesystem that commits metadata in order (xfs, ext4 with a journal:
+system/fsorder.py) is one fsync, of the file published last: it commits every earlier
+change with it (the other files, their links in the directory). Elsewhere each file is
+fsync'd, then the directory. (Each of those extra fsyncs is a device cache flush even
+when the journal has nothing left to commit: a round of 12 took ~2.6 ms on ext4 here,
+one fsync ~1 ms.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import asyncio
 import logging
 import os
 import weakref
+
+from ..system.fsorder import metadata_in_order
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,11 @@ def fsync_dir(directory: str) -> None:
 
 
 def sync_round(directory: str, fds: list[int]) -> list[OSError | None]:
-    """fsync and close each fd, then fsync the directory; the error of each (or None)."""
+    """Make the new files ``fds`` (data-less, in the order they were published in
+    ``directory``) and their directory entries durable and close them; the error of each
+    (or None)."""
+    if fds and metadata_in_order(fds[-1]):
+        return _sync_last(fds)
     errors: list[OSError | None] = []
     for fd in fds:
         try:
@@ -44,6 +55,19 @@ def sync_round(directory: str, fds: list[int]) -> list[OSError | None]:
     except OSError as exc:
         errors = [err or exc for err in errors]
     return errors
+
+
+def _sync_last(fds: list[int]) -> list[OSError | None]:
+    """One fsync, of the file published last (metadata committed in order)."""
+    error: OSError | None = None
+    try:
+        os.fsync(fds[-1])
+    except OSError as exc:
+        error = exc
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return [error] * len(fds)
 
 
 class DirSyncer:

@@ -524,13 +524,13 @@ def _publish_raw(
     dirsync) and the volume described from it (no second scan). On failure or cancel
     nothing is left; ``published`` gets the (path, inode) the volume is published as.
 
-    The durability step comes after the link: the file holds no data (a sparse file; an
-    allocation is unwritten extents), only metadata, and a journaling filesystem commits
-    metadata in order, so a crash can never keep the name without the finished file; the
-    file's fsync then commits the link as well (ext4, xfs, btrfs), which makes the
-    directory's fsync that follows nearly free there (it is what a filesystem without a
-    journal needs). A file whose allocation was written (no fallocate: glibc writes
-    zeroes) is fsync'd before the link too."""
+    The durability step (dirsync.sync_round) comes after the link: the file holds no data
+    (a sparse file; an allocation is unwritten extents), only metadata, and a journaling
+    filesystem commits metadata in order, so a crash can never keep the name without the
+    finished file; there the file's fsync commits the link as well (and the other new
+    files of its round). Elsewhere the file and then the directory are fsync'd. A file
+    whose allocation was written (no fallocate: glibc writes zeroes) is fsync'd before
+    the link too."""
     final = os.path.join(pool_dir, name)
     if os.path.lexists(final):
         raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
