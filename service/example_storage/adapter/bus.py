@@ -8,10 +8,17 @@ Everything else in the adapter imports D-Bus names from here.
 import array
 import asyncio
 import inspect
+import logging
 import os
 import socket
 import struct
 from collections import deque
+from copy import copy
+
+from ..errors import Failed
+from . import wire
+
+_log = logging.getLogger(__name__)
 
 if os.environ.get("EXAMPLE_STORAGE_DBUS") == "dbus-fast":  # pragma: no cover - optional
     from dbus_fast import (
@@ -45,6 +52,7 @@ else:
     from dbus_next import introspection as _introspection
     from dbus_next import service as _service_module
     from dbus_next._private.marshaller import Marshaller as _Marshaller
+    from dbus_next._private.unmarshaller import Unmarshaller as _Unmarshaller
     from dbus_next.aio import MessageBus as _MessageBus
     from dbus_next.aio.message_bus import _MessageWriter
     from dbus_next.errors import DBusError
@@ -90,11 +98,55 @@ class _MembersByClass:
 _service_module.inspect = _MembersByClass(inspect)
 
 
+def _unchecked_variant(signature: str, value):
+    """A Variant of a value read off the wire (the bus daemon has checked the message):
+    built without the library's walk over the value to verify it."""
+    variant = Variant.__new__(Variant)
+    tree = _SignatureTree._get(signature)
+    variant.type = tree.types[0]
+    variant.signature = signature
+    variant.value = value
+    return variant
+
+
+if LIBRARY == "dbus-next":
+    from dbus_next.signature import SignatureTree as _SignatureTree
+
+    # dbus-next's codec is pure Python that dispatches on the type at every value (and
+    # verifies a body in a walk of its own first): wire.py does the same work with code
+    # made once per signature, several times faster. dbus-fast's codec is compiled.
+    CODEC: wire.Codec | None = wire.Codec(Variant, _unchecked_variant)
+else:  # pragma: no cover - optional
+    CODEC = None
+
+
 def marshal(signature: str, body: list) -> bytes:
     """``body`` (the values of ``signature``'s types) in the D-Bus wire format, as the library
     writes it in a message (little-endian) whose body starts at offset 0: bytes that stay
     valid at any 8-aligned offset of a body (see ``MessageBus.send_method_return``)."""
+    if CODEC is not None:
+        try:
+            return bytes(CODEC.marshal_body(signature, body))
+        except Exception:  # noqa: BLE001 - the library's answer (bytes or error) then
+            pass
     return bytes(_Marshaller(signature, body).marshall())
+
+
+def message_bytes(msg: Message, negotiate_unix_fd: bool) -> bytes | bytearray:
+    """``msg`` in the wire format, as the library's ``msg._marshall()`` writes it."""
+    if CODEC is not None:
+        try:
+            fields = {
+                "path": msg.path, "interface": msg.interface, "member": msg.member,
+                "error_name": msg.error_name, "reply_serial": msg.reply_serial,
+                "destination": msg.destination, "signature": msg.signature,
+                "unix_fds": len(msg.unix_fds) if negotiate_unix_fd else 0}
+            body = CODEC.marshal_body(msg.signature, msg.body)
+            return wire.message_bytes(CODEC, msg.message_type.value, msg.flags.value,
+                                      msg.serial, fields, body)
+        except Exception:  # noqa: BLE001 - the library's answer (bytes or error) then
+            pass
+    return msg._marshall(negotiate_unix_fd=negotiate_unix_fd)
 
 
 def leaf_introspection(path: str, interfaces: list[ServiceInterface]) -> str:
@@ -170,6 +222,11 @@ class _PatientWriter(_MessageWriter):
     """
 
     _BATCH_BYTES = 1 << 16
+
+    if LIBRARY == "dbus-next":
+        def buffer_message(self, msg: Message, future=None) -> None:
+            self.messages.put_nowait(
+                (message_bytes(msg, self.negotiate_unix_fd), copy(msg.unix_fds), future))
 
     def schedule_write(self, msg: Message | None = None, future=None) -> None:
         """Queue ``msg`` (if any) and send the queue after the current step (only once
@@ -321,8 +378,11 @@ class MessageBus(_MessageBus):
         return None
 
     if LIBRARY == "dbus-next":
+        def _create_unmarshaller(self):
+            return _MessageReader(self._stream, self._sock if self._negotiate_unix_fd else None)
+
         def _send_reply(self, msg):
-            return _ErrorReply(super()._send_reply(msg))
+            return _ReplyContext(self, msg)
 
         # dbus-next finds an interface's path by walking every export: on each unexport
         # (``_has_interface``) and on each signal an object emits (PropertiesChanged),
@@ -365,23 +425,70 @@ class MessageBus(_MessageBus):
             return self.__dict__.setdefault("_export_paths", {})
 
 
-class _ErrorReply:
-    """dbus-next 0.2.3's reply context sends the error reply of a failed async method
-    but does not tell Python it handled the exception (its ``__exit__`` drops the
-    result), so asyncio logs a traceback for every error a caller receives. This
-    wrapper returns it; dbus-fast's own context already does."""
+if LIBRARY == "dbus-next":
+    class _MessageReader(_Unmarshaller):
+        """The library's reader of incoming messages (its socket reads and fd handling
+        unchanged), the message parsed by wire.py; anything wire.py does not take (another
+        byte order, an unknown header field) is left to the library's own parser."""
 
-    def __init__(self, inner) -> None:
-        self._inner = inner
+        def _unmarshall(self):
+            self.offset = 0
+            self.read(16, prefetch=True)
+            if self.buf[0] != ord("l"):       # big-endian: rare, the library's
+                return super()._unmarshall()
+            self.read(wire.message_length(self.buf), prefetch=True)
+            try:
+                mtype, flags, serial, fields, body = wire.parse_message(CODEC, bytes(self.buf))
+                self.message = Message(
+                    destination=fields.get("destination"), path=fields.get("path"),
+                    interface=fields.get("interface"), member=fields.get("member"),
+                    message_type=MessageType(mtype), flags=MessageFlag(flags),
+                    error_name=fields.get("error_name"),
+                    reply_serial=fields.get("reply_serial"), sender=fields.get("sender"),
+                    unix_fds=self.unix_fds, signature=fields.get("signature", ""),
+                    body=body, serial=serial)
+            except Exception:  # noqa: BLE001 - the library's parser decides then
+                self.offset = 0
+                super()._unmarshall()
+
+
+class _ReplyContext:
+    """What dbus-next's ``_send_reply(msg)`` gives a method handler (a context that sends
+    the reply, or the error reply of an exception raised in it), without its flaws:
+    dbus-next defines a new class for every call (~15 µs), does not tell Python it
+    handled the exception (asyncio then logs a traceback for every error a caller
+    receives), and answers an exception other than a DBusError with its traceback.
+    Here such an exception (calls.py maps every error of our methods: this is for what
+    fails after, e.g. a reply that does not fit its signature) is logged and the caller
+    gets a plain Failed. dbus-fast's own context already returns it."""
+
+    __slots__ = ("_bus", "_msg")
+
+    def __init__(self, bus, msg) -> None:
+        self._bus = bus
+        self._msg = msg
 
     def __enter__(self):
         return self
 
     def __call__(self, reply) -> None:
-        self._inner(reply)
+        if self._msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return
+        self._bus.send(reply)
 
     def __exit__(self, exc_type, exc_value, tb) -> bool:
-        return bool(self._inner._exit(exc_type, exc_value, tb))
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, DBusError):
+            self(exc_value._as_message(self._msg))
+            return True
+        if issubclass(exc_type, Exception):
+            _log.error("error answering %s.%s", self._msg.interface, self._msg.member,
+                       exc_info=(exc_type, exc_value, tb))
+            failed = Failed(f"internal error: {exc_type.__name__}")
+            self(Message.new_error(self._msg, failed.dbus_name, failed.message))
+            return True
+        return False
 
     def send_error(self, exc) -> None:
-        self._inner.send_error(exc)
+        self.__exit__(type(exc), exc, exc.__traceback__)
