@@ -53,6 +53,7 @@ def counting(monkeypatch):
     counter = _CountingInspect(cache._real)
     monkeypatch.setattr(cache, "_real", counter)
     monkeypatch.setattr(cache, "_members", {})
+    monkeypatch.setattr(busmod, "_INTERFACE_MEMBERS", {})
     return counter
 
 
@@ -72,3 +73,15 @@ def test_other_calls_reach_the_real_inspect(counting):
     busmod._service_module.inspect.getmembers(Gadget, callable)
     assert counting.asked.count(Gadget) == 2
     assert busmod._service_module.inspect.signature is counting.real.signature
+
+
+@pytest.mark.skipif(busmod.LIBRARY != "dbus-next", reason="dbus-next's __init__ only")
+def test_later_objects_get_the_first_ones_members_in_lists_of_their_own(counting):
+    first, second = Gadget("a"), Gadget("b")
+    assert counting.asked.count(Gadget) == 1
+    si = busmod.ServiceInterface
+    for getter in (si._get_methods, si._get_properties, si._get_signals):
+        assert getter(second) == getter(first) and getter(second) is not getter(first)
+    assert [m.name for m in si._get_methods(second)] == ["Poke"]
+    assert si._get_buses(second) == set() and si._get_buses(second) is not si._get_buses(first)
+    assert second.name == "org.example.Test.Gadget"

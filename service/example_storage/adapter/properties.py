@@ -5,14 +5,14 @@ getters, GetManagedObjects, InterfacesAdded and PropertiesChanged all read that 
 function, so they can never disagree.
 """
 
-from .bus import PropertyAccess, ServiceInterface, Variant, dbus_property
+from .bus import PropertyAccess, ServiceInterface, Variant, dbus_property, init_interface
 
 
 class ExportedObject(ServiceInterface):
     PROPERTIES: tuple[tuple[str, str], ...] = ()   # (name, D-Bus signature)
 
     def __init__(self, interface_name: str, service) -> None:
-        super().__init__(interface_name)
+        init_interface(self, interface_name)
         self.service = service
 
     def property_values(self) -> dict[str, object]:
