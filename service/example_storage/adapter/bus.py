@@ -143,6 +143,8 @@ if LIBRARY == "dbus-next":
     CODEC: wire.Codec | None = wire.Codec(Variant, _unchecked_variant)
 else:  # pragma: no cover - optional
     CODEC = None
+# headers written by us (method_return_bytes, MarshalledSignal) hold no variants
+_HEADER_CODEC = CODEC or wire.Codec(Variant, Variant)
 
 
 def marshal(signature: str, body: list) -> bytes:
@@ -183,22 +185,12 @@ def leaf_introspection(path: str, interfaces: list[ServiceInterface]) -> str:
     return node.tostring()
 
 
-# header field codes of the D-Bus specification (message header, "a(yv)")
-_HEADER_PATH, _HEADER_INTERFACE, _HEADER_MEMBER = 1, 2, 3
-_HEADER_REPLY_SERIAL, _HEADER_DESTINATION, _HEADER_SIGNATURE = 5, 6, 8
-
-
 def method_return_bytes(call: Message, serial: int, signature: str, body: bytes) -> bytes:
     """The whole message the library writes for ``Message.new_method_return(call, signature,
     values)`` with ``serial``, where ``body`` is ``values`` already marshalled."""
-    fields = [[_HEADER_REPLY_SERIAL, Variant("u", call.serial)]]
-    if call.sender:
-        fields.append([_HEADER_DESTINATION, Variant("s", call.sender)])
-    if signature:
-        fields.append([_HEADER_SIGNATURE, Variant("g", signature)])
-    header = marshal("yyyyuua(yv)", [
-        ord("l"), MessageType.METHOD_RETURN.value, 0, 1, len(body), serial, fields])
-    return header + bytes(-len(header) % 8) + body
+    return wire.message_bytes(_HEADER_CODEC, MessageType.METHOD_RETURN.value, 0, serial, {
+        "reply_serial": call.serial, "destination": call.sender, "signature": signature,
+    }, body)
 
 
 class MarshalledSignal:
@@ -208,13 +200,9 @@ class MarshalledSignal:
     putting the body's length and the serial into a copy of the header."""
 
     def __init__(self, path: str, interface: str, member: str, signature: str) -> None:
-        fields = [[_HEADER_PATH, Variant("o", path)],
-                  [_HEADER_INTERFACE, Variant("s", interface)],
-                  [_HEADER_MEMBER, Variant("s", member)]]
-        if signature:
-            fields.append([_HEADER_SIGNATURE, Variant("g", signature)])
-        header = marshal("yyyyuua(yv)", [ord("l"), MessageType.SIGNAL.value, 0, 1, 0, 0, fields])
-        self._header = header + bytes(-len(header) % 8)
+        self._header = wire.message_bytes(_HEADER_CODEC, MessageType.SIGNAL.value, 0, 0, {
+            "path": path, "interface": interface, "member": member, "signature": signature,
+        }, b"")
 
     def message(self, serial: int, body: bytes) -> bytes:
         header = self._header
