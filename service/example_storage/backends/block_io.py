@@ -118,6 +118,32 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _libc_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``offset`` of ``fd`` to its storage, not waiting
+    (sync_file_range WRITE): a copy that does this after each chunk has its data mostly
+    on the disk when it ends, so its final fsync (still needed: this makes nothing
+    durable, not even the file's metadata) waits for little. Only a hint: where the call
+    is missing or refused nothing happens, and a write error comes from that fsync."""
+    fn = _libc_sync_file_range()
+    if fn is not None:
+        fn(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
     """(start, end) of the parts of [start, end) of ``fd`` that hold data; all of it if
     the filesystem (or a block device) cannot tell holes apart."""

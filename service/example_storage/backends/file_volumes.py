@@ -833,6 +833,7 @@ def _copy_range(
                 _pwrite_all(dst, buf, off)
         if copied == 0:
             return   # the source ended early
+        block_io.start_writeback(dst, off, copied)   # overlaps the copy and the fsync
         off += copied
         state["done"] += copied
         if "report" in state:
