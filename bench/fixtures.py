@@ -21,7 +21,8 @@ MKFS = {
 
 
 class Filesystems:
-    """One fresh ext4 and one xfs, each on its own loop device, mounted at root/<fstype>."""
+    """One fresh ext4 and one xfs, each on its own loop device with direct I/O (as a disk:
+    no second copy in the host's page cache), mounted at root/<fstype>."""
 
     def __init__(self, root: Path, image_size: int, fstypes: tuple[str, ...] = ("ext4", "xfs")
                  ) -> None:
@@ -30,7 +31,7 @@ class Filesystems:
         self.mounts: dict[str, Path] = {}
         try:
             for fstype in fstypes:
-                loop = LoopDevice(root / f"{fstype}.img", image_size)
+                loop = LoopDevice(root / f"{fstype}.img", image_size, direct_io=True)
                 self.loops.append(loop)
                 subprocess.run([*MKFS[fstype], loop.path], check=True, capture_output=True,
                                timeout=120)

@@ -40,11 +40,17 @@ def mounts_of(devnums: set[str]) -> list[str]:
 
 
 class LoopDevice:
-    """A sparse ``image_path`` of ``size_bytes`` attached with ``losetup -f --show``."""
+    """A sparse ``image_path`` of ``size_bytes`` attached with ``losetup -f --show``;
+    ``direct_io``: the device reads and writes its image with O_DIRECT (``--direct-io=on``),
+    past the host's page cache, as a disk would (a buffered loop device keeps a second
+    copy of everything in the host's page cache and turns a flush into an fsync of the
+    image)."""
 
-    def __init__(self, image_path: str | os.PathLike[str], size_bytes: int) -> None:
+    def __init__(self, image_path: str | os.PathLike[str], size_bytes: int,
+                 direct_io: bool = False) -> None:
         self.image = Path(image_path).resolve()
         self.size = size_bytes
+        self.direct_io = direct_io
         self.path = ""
         self.image.parent.mkdir(parents=True, exist_ok=True)
         with open(self.image, "wb") as f:
@@ -58,7 +64,8 @@ class LoopDevice:
         last = ""
         for i in range(attempts):
             res = subprocess.run(
-                ["losetup", "-f", "--show", str(self.image)],
+                ["losetup", "-f", "--show", *(["--direct-io=on"] if self.direct_io else []),
+                 str(self.image)],
                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
             )
             if res.returncode == 0 and res.stdout.strip().startswith("/dev/loop"):

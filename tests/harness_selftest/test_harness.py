@@ -243,6 +243,17 @@ def test_loop_device_attach_mount_detach(loop_device, tmp_path: Path) -> None:
     dev.detach()  # idempotent
 
 
+@root_only
+def test_loop_device_with_direct_io(tmp_path: Path) -> None:
+    from tests.harness.loop import LoopDevice
+
+    with LoopDevice(tmp_path / "dio.img", 16 << 20, direct_io=True) as dev:
+        dio = Path("/sys/block") / dev.name / "loop" / "dio"
+        assert dio.read_text().strip() == "1"
+    with LoopDevice(tmp_path / "buffered.img", 16 << 20) as dev:
+        assert (Path("/sys/block") / dev.name / "loop" / "dio").read_text().strip() == "0"
+
+
 # -- users ---------------------------------------------------------------------------------
 @root_only
 def test_test_user_created_and_removed() -> None:
