@@ -217,3 +217,20 @@ def test_truncated_or_padded_messages_are_refused():
             wire.parse_message(CODEC, data[:cut])
     with pytest.raises(wire.WireError):
         wire.parse_message(CODEC, data + bytes(8))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_object_entries_are_what_the_library_writes_for_variants(seed):
+    rng = random.Random(3000 + seed)
+    for _ in range(20):
+        names = rng.sample(["Name", "Key", "P", "LongerPropertyName", "Size", "X1"],
+                           rng.randint(0, 6))
+        table = tuple((n, random_type(rng, 1)) for n in names)
+        values = {n: random_value(rng, sig) for n, sig in table}
+        path = random_path(rng)
+        ours = bytes(wire.object_entry(CODEC, path, "org.example.I", wire.PropertiesWriter(
+            CODEC, table), values))
+        theirs = bytes(Marshaller("oa{sa{sv}}", [path, {"org.example.I": {
+            n: Variant(sig, values[n]) for n, sig in table}}]).marshall())
+        assert ours == theirs, (seed, table)
+        assert bus.object_entry(path, "org.example.I", table, values) == theirs

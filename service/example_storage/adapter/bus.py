@@ -66,7 +66,7 @@ __all__ = [
     "RequestNameReply",
     "PropertyAccess", "ServiceInterface", "Variant", "dbus_property", "method", "signal",
     "leaf_introspection", "marshal", "method_return_bytes", "MarshalledSignal",
-    "init_interface",
+    "init_interface", "object_entry",
 ]
 
 
@@ -143,8 +143,9 @@ if LIBRARY == "dbus-next":
     CODEC: wire.Codec | None = wire.Codec(Variant, _unchecked_variant)
 else:  # pragma: no cover - optional
     CODEC = None
-# headers written by us (method_return_bytes, MarshalledSignal) hold no variants
-_HEADER_CODEC = CODEC or wire.Codec(Variant, Variant)
+# what we marshal ourselves with either library: our message headers, objects' entries
+_OWN_CODEC = CODEC or wire.Codec(Variant, Variant)
+_PROPERTY_WRITERS: dict[tuple, wire.PropertiesWriter] = {}
 
 
 def marshal(signature: str, body: list) -> bytes:
@@ -157,6 +158,23 @@ def marshal(signature: str, body: list) -> bytes:
         except Exception:  # noqa: BLE001 - the library's answer (bytes or error) then
             pass
     return bytes(_Marshaller(signature, body).marshall())
+
+
+def object_entry(path: str, interface: str, properties: tuple[tuple[str, str], ...],
+                 values: dict) -> bytes:
+    """``oa{sa{sv}}`` of the object at ``path`` with one interface whose ``properties``
+    ((name, signature) ...) have ``values``: what the library marshals for
+    ``[path, {interface: {name: Variant(signature, value), ...}}]``, written from the plain
+    values by wire.PropertiesWriter (no Variants built, keys written once per table)."""
+    try:
+        writer = _PROPERTY_WRITERS.get(properties)
+        if writer is None:
+            writer = _PROPERTY_WRITERS[properties] = wire.PropertiesWriter(_OWN_CODEC,
+                                                                           properties)
+        return bytes(wire.object_entry(_OWN_CODEC, path, interface, writer, values))
+    except Exception:  # noqa: BLE001 - the library's answer (bytes or error) then
+        variants = {name: Variant(sig, values[name]) for name, sig in properties}
+        return bytes(_Marshaller("oa{sa{sv}}", [path, {interface: variants}]).marshall())
 
 
 def message_bytes(msg: Message, negotiate_unix_fd: bool) -> bytes | bytearray:
@@ -188,7 +206,7 @@ def leaf_introspection(path: str, interfaces: list[ServiceInterface]) -> str:
 def method_return_bytes(call: Message, serial: int, signature: str, body: bytes) -> bytes:
     """The whole message the library writes for ``Message.new_method_return(call, signature,
     values)`` with ``serial``, where ``body`` is ``values`` already marshalled."""
-    return wire.message_bytes(_HEADER_CODEC, MessageType.METHOD_RETURN.value, 0, serial, {
+    return wire.message_bytes(_OWN_CODEC, MessageType.METHOD_RETURN.value, 0, serial, {
         "reply_serial": call.serial, "destination": call.sender, "signature": signature,
     }, body)
 
@@ -200,7 +218,7 @@ class MarshalledSignal:
     putting the body's length and the serial into a copy of the header."""
 
     def __init__(self, path: str, interface: str, member: str, signature: str) -> None:
-        self._header = wire.message_bytes(_HEADER_CODEC, MessageType.SIGNAL.value, 0, 0, {
+        self._header = wire.message_bytes(_OWN_CODEC, MessageType.SIGNAL.value, 0, 0, {
             "path": path, "interface": interface, "member": member, "signature": signature,
         }, b"")
 

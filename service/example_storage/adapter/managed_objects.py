@@ -4,9 +4,9 @@ The answer is ``a{oa{sa{sv}}}``: every object exported below /org/example/Storag
 interface and all its properties, as the library would give it. Marshalling 10,000 volumes ×
 10 Variants is itself slow in the libraries (~0.9 s in dbus-next's pure-Python marshaller,
 ~0.2 s in dbus-fast, building the Variants included), so each object's dict entry is
-marshalled once by the library and its bytes are reused for as long as the object and its
-property values stay the same; a listing then costs one ``property_values()`` per object
-and a join.
+marshalled once (from the plain values, without Variants: bus.object_entry) and its bytes
+are reused for as long as the object and its property values stay the same; a listing then
+costs one ``property_values()`` per object and a join.
 
 Why pieces can be joined: a dict entry is 8-aligned in the D-Bus wire format, and every
 alignment inside it is at most 8, so an entry marshalled at an 8-aligned offset has the same
@@ -27,7 +27,7 @@ entry when it unexports it.
 import struct
 from typing import TYPE_CHECKING
 
-from .bus import marshal
+from .bus import object_entry
 from .properties import ExportedObject
 
 if TYPE_CHECKING:
@@ -54,10 +54,9 @@ class ObjectEntries:
             values = obj.property_values()
         cached = self._entries.get(path)
         if cached is None or cached[0] is not obj or cached[1] != values:
-            body = marshal(SIGNATURE, [{path: {obj.name: obj.property_variants(values)}}])
+            body = object_entry(path, obj.name, obj.PROPERTIES, values)
             padding = -len(body) % 8
-            cached = self._entries[path] = (obj, values, body[_ARRAY_START:] + bytes(padding),
-                                            padding)
+            cached = self._entries[path] = (obj, values, body + bytes(padding), padding)
         return cached[2], cached[3]
 
     def interfaces_added_body(self, path: str, obj: ExportedObject, values: dict) -> bytes:

@@ -400,6 +400,66 @@ def _read_signature(data: bytes, o: int) -> tuple[str, int]:
     return bytes(data[o + 1:end]).decode(), end + 1
 
 
+# -- one object's properties ------------------------------------------------------------
+
+class PropertiesWriter:
+    """Writes ``a{sv}`` for one fixed table of properties ((name, signature), in order)
+    from their plain values: each dict entry starts 8-aligned, so its key and its
+    variant's signature are the same bytes every time (made once here); only the values
+    are written per call. The bytes a generic writer gives the same dict of Variants."""
+
+    def __init__(self, codec: Codec, properties: tuple[tuple[str, str], ...]) -> None:
+        self._items: list[tuple[str, bytes, Writer]] = []
+        for name, sig in properties:
+            if len(split_signature(sig)) != 1:
+                raise WireError(f"property {name}: {sig!r} is not one complete type")
+            key = name.encode()
+            prefix = _U32.pack(len(key)) + key + b"\x00" + bytes((len(sig),)) + sig.encode()
+            prefix += b"\x00"
+            self._items.append((name, prefix, codec.writer(sig)))
+
+    def write(self, buf: bytearray, values: dict[str, Any]) -> None:
+        """Append the array (``buf`` ends where its message's body offset has the same
+        alignment mod 8 as ``len(buf)``)."""
+        pad = -len(buf) & 3
+        if pad:
+            buf += _ZEROS[pad]
+        at = len(buf)
+        buf += b"\x00\x00\x00\x00"
+        pad = -len(buf) & 7
+        if pad:
+            buf += _ZEROS[pad]
+        begin = len(buf)
+        for name, prefix, write in self._items:
+            pad = -len(buf) & 7
+            if pad:
+                buf += _ZEROS[pad]
+            buf += prefix
+            write(buf, values[name])
+        buf[at:at + 4] = _U32.pack(len(buf) - begin)
+
+
+def object_entry(codec: Codec, path: str, interface: str, properties: PropertiesWriter,
+                 values: dict[str, Any]) -> bytearray:
+    """``oa{sa{sv}}`` of one object with one interface, from offset 0: the body of its
+    InterfacesAdded, and its dict entry in GetManagedObjects' ``a{oa{sa{sv}}}``."""
+    buf = bytearray()
+    codec.writer("o")(buf, path)
+    pad = -len(buf) & 3                        # a{sa{sv}}: its length, 4-aligned
+    if pad:
+        buf += _ZEROS[pad]
+    at = len(buf)
+    buf += b"\x00\x00\x00\x00"
+    pad = -len(buf) & 7
+    if pad:
+        buf += _ZEROS[pad]
+    begin = len(buf)
+    codec.writer("s")(buf, interface)
+    properties.write(buf, values)
+    buf[at:at + 4] = _U32.pack(len(buf) - begin)
+    return buf
+
+
 # -- messages --------------------------------------------------------------------------
 
 # header fields of the D-Bus specification: code -> (name, type)
