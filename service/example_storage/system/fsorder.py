@@ -63,11 +63,9 @@ def metadata_in_order(fd: int) -> bool:
         return True
     if magic != EXT4_SUPER_MAGIC:
         return False
-    name = block_device_name(os.fstat(fd).st_dev)
-    if name is None:
-        return False
     try:
+        name = block_device_name(os.fstat(fd).st_dev)
         entries = os.listdir(JBD2_DIR)
     except OSError:
         return False
-    return has_jbd2_journal(name, entries)
+    return name is not None and has_jbd2_journal(name, entries)
