@@ -46,7 +46,7 @@ from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
-from . import block_io, dirsync, transfer
+from . import block_io, dirsync, transfer, unnamed
 from .block_io import cancellable
 
 log = logging.getLogger(__name__)
@@ -518,11 +518,12 @@ def _publish_raw(
     perms: Permissions | None, published: dict[str, Any], *,
     cancel: threading.Event, progress: Progress,
 ) -> tuple[int, VolumeDefinition]:
-    """A raw volume made and published, not yet made durable: the file under a hidden
-    temp name, sized, its format recorded, owner and mode set, then linked into place
-    without replacing anything. Returns the still open file (for the durability step:
-    dirsync) and the volume described from it (no second scan). On failure or cancel
-    nothing is left; ``published`` gets the (path, inode) the volume is published as.
+    """A raw volume made and published, not yet made durable: the file made unnamed
+    (unnamed.py; where that cannot be, under a hidden temp name), sized, its format
+    recorded, owner and mode set, then linked into place without replacing anything.
+    Returns the still open file (for the durability step: dirsync) and the volume
+    described from it (no second scan). On failure or cancel nothing is left;
+    ``published`` gets the (path, inode) the volume is published as.
 
     The durability step (dirsync.sync_round) comes after the link: the file holds no data
     (a sparse file; an allocation is unwritten extents), only metadata, and a journaling
@@ -534,16 +535,20 @@ def _publish_raw(
     final = os.path.join(pool_dir, name)
     if os.path.lexists(final):
         raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
-    tmp = _temp_path(pool_dir)
+    tmp: str | None = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = unnamed.open_unnamed(pool_dir, 0o600)
+        if fd is None:
+            tmp = _temp_path(pool_dir)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise _os_error(exc, f"cannot create volume '{name}'") from None
+    label = tmp or final                # what error messages call the file
     try:
-        _size_raw(fd, tmp, capacity, allocation, nocow, progress)
-        _record_format_fd(fd, tmp, "raw")
-        _apply_permissions_fd(fd, tmp, perms, DEFAULT_VOLUME_MODE)
+        _size_raw(fd, label, capacity, allocation, nocow, progress)
+        _record_format_fd(fd, label, "raw")
+        _apply_permissions_fd(fd, label, perms, DEFAULT_VOLUME_MODE)
         if allocation > 0:
             os.fsync(fd)
         if cancel.is_set():
@@ -551,15 +556,34 @@ def _publish_raw(
         st = os.fstat(fd)   # what linking changes (nlink, ctime) is not described
         # recorded first: _unpublish removes the name only while it holds this inode
         published["volume"] = (final, st.st_ino)
-        publish_noreplace(tmp, final, what=f"volume '{name}'")
+        if tmp is not None:
+            publish_noreplace(tmp, final, what=f"volume '{name}'")
+            linked = True
+        else:
+            linked = _link_new(fd, final, name)
     except BaseException as exc:
         os.close(fd)
-        _unlink_quiet(tmp)
+        if tmp is not None:
+            _unlink_quiet(tmp)
         _unpublish(published)
         if isinstance(exc, OSError):
             raise _os_error(exc, f"cannot create volume '{name}'") from None
         raise
+    if not linked:      # this process cannot name an unnamed file: again, with a temp name
+        os.close(fd)
+        published.pop("volume", None)
+        return _publish_raw(pool_dir, name, capacity, allocation, nocow, perms, published,
+                            cancel=cancel, progress=progress)
     return fd, _to_definition(_Scan(name, final, final, st, "raw", None, None, None))
+
+
+def _link_new(fd: int, final: str, name: str) -> bool:
+    """Name the unnamed new file ``fd`` ``final`` (never replacing anything); False where
+    this process cannot."""
+    try:
+        return unnamed.link_unnamed(fd, final)
+    except FileExistsError:
+        raise AlreadyExists(f"volume '{name}' already exists") from None
 
 
 def _make_raw_volume(
