@@ -14,7 +14,7 @@ from ..errors import InvalidArgument
 from .definitions import POOL_TYPES, BackingStore, VolumeDefinition
 from .names import validate_name, validate_uuid
 from .poolxml import format_permissions, parse_permissions
-from .xmlsafe import child_attr, child_text, element, parse_document
+from .xmlsafe import Children, element, parse_document
 
 MAX_SIZE = 2**63 - 1          # off_t is signed: nothing can be larger
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
@@ -63,18 +63,19 @@ def _unit_scale(unit: str | None) -> int:
     return base ** _POWERS[u[0]]
 
 
-def _size(root: etree._Element, tag: str) -> int | None:
+def _size(children: Children, tag: str) -> int | None:
     """<tag unit=...>N</tag> in bytes, or None when absent or empty."""
-    text = child_text(root, tag)
-    return parse_size(text, child_attr(root, tag, "unit")) if text is not None else None
+    text = children.text(tag)
+    return parse_size(text, children.attr(tag, "unit")) if text is not None else None
 
 
-def _format(el: etree._Element | None, pool_type: str) -> str | None:
-    """The <format type=...> under ``el``, defaulted and checked for this pool type."""
+def _format(children: Children, pool_type: str) -> str | None:
+    """The <format type=...> among ``children``, defaulted and checked for this pool
+    type."""
     formats = VOLUME_FORMATS.get(pool_type)
     if formats is None:
         return None                      # libvirt ignores formats for these pools
-    fmt = child_attr(el, "format", "type") if el is not None else None
+    fmt = children.attr("format", "type")
     if fmt is None:
         return formats[0]                # 'raw' or 'none'
     if fmt not in formats:
@@ -108,16 +109,16 @@ def _parse_encryption(el: etree._Element, vol: VolumeDefinition) -> None:
         vol.encryption_ivgen = {k: v for k, v in ivgen.attrib.items() if k in ("name", "hash")}
 
 
-def _parse_target(target: etree._Element, vol: VolumeDefinition) -> None:
-    vol.path = child_text(target, "path")
-    vol.permissions = parse_permissions(target.find("permissions"))
-    if (enc := target.find("encryption")) is not None:
+def _parse_target(target: Children, vol: VolumeDefinition) -> None:
+    vol.path = target.text("path")
+    vol.permissions = parse_permissions(target.get("permissions"))
+    if (enc := target.get("encryption")) is not None:
         _parse_encryption(enc, vol)
-    vol.compat = child_text(target, "compat")
+    vol.compat = target.text("compat")
     if vol.compat is not None and not re.fullmatch(r"[0-9]{1,9}\.[0-9]{1,9}", vol.compat):
         raise InvalidArgument(f"malformed 'compat' element '{vol.compat[:32]}'")
-    vol.nocow = target.find("nocow") is not None
-    if (features := target.find("features")) is not None:
+    vol.nocow = target.get("nocow") is not None
+    if (features := target.get("features")) is not None:
         names = {str(f.tag) for f in features if isinstance(f.tag, str)}
         unknown = names - set(FEATURES)
         if unknown:
@@ -137,7 +138,8 @@ def parse_volume_xml(text: str, pool_type: str = "dir") -> VolumeDefinition:
     if root.tag != "volume":
         raise InvalidArgument(
             f"unexpected root element <{str(root.tag)[:64]}>, expecting <volume>")
-    name = child_text(root, "name")
+    children = Children(root)
+    name = children.text("name")
     if name is None:
         raise InvalidArgument("volume XML has no <name> element")
     vol = VolumeDefinition(name=validate_name(name, "volume name"))
@@ -145,20 +147,19 @@ def parse_volume_xml(text: str, pool_type: str = "dir") -> VolumeDefinition:
     if vtype is not None and vtype not in VOLUME_TYPES:
         raise InvalidArgument(f"unknown volume type '{vtype[:64]}'")
     vol.type = vtype or default_volume_type(pool_type)
-    vol.key = child_text(root, "key")
-    vol.capacity = _size(root, "capacity")
-    vol.allocation = _size(root, "allocation")
-    vol.physical = _size(root, "physical")
-    target = root.find("target")
-    if target is not None:
-        _parse_target(target, vol)
+    vol.key = children.text("key")
+    vol.capacity = _size(children, "capacity")
+    vol.allocation = _size(children, "allocation")
+    vol.physical = _size(children, "physical")
+    target = Children(children.get("target"))
+    _parse_target(target, vol)
     vol.format = _format(target, pool_type)
-    backing = root.find("backingStore")
-    bpath = child_text(backing, "path") if backing is not None else None
+    backing = Children(children.get("backingStore"))
+    bpath = backing.text("path")
     if bpath is not None:                # libvirt ignores a backingStore without a path
         vol.backing_store = BackingStore(
             path=bpath, format=_format(backing, pool_type),
-            permissions=parse_permissions(backing.find("permissions")))
+            permissions=parse_permissions(backing.get("permissions")))
     return vol
 
 

@@ -137,11 +137,42 @@ def element(
 def child_text(parent: etree._Element, tag: str) -> str | None:
     """All text of the first child ``tag`` (like XPath string()), or None if absent/empty."""
     el = parent.find(tag)
-    if el is None:
-        return None
+    return None if el is None else element_text(el)
+
+
+def element_text(el: etree._Element) -> str | None:
+    """All text of ``el`` (like XPath string()), or None if empty."""
     if len(el) == 0:            # no child elements: its text is all of it
         return el.text or None
     return "".join(el.itertext()) or None
+
+
+class Children:
+    """The first child element of each tag of ``parent``, found in one pass (each lxml
+    ``find()`` makes a pass and a new proxy object): ``get``/``text``/``attr`` answer as
+    ``parent.find``, ``child_text`` and ``child_attr`` do."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self, parent: etree._Element | None) -> None:
+        first: dict[str, etree._Element] = {}
+        if parent is not None:
+            for child in parent:
+                tag = child.tag
+                if tag not in first and isinstance(tag, str):
+                    first[tag] = child
+        self._first = first
+
+    def get(self, tag: str) -> etree._Element | None:
+        return self._first.get(tag)
+
+    def text(self, tag: str) -> str | None:
+        el = self._first.get(tag)
+        return None if el is None else element_text(el)
+
+    def attr(self, tag: str, name: str) -> str | None:
+        el = self._first.get(tag)
+        return None if el is None else (el.get(name) or None)
 
 
 def child_attr(parent: etree._Element, tag: str, name: str) -> str | None:
