@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import stat
 
@@ -51,12 +52,7 @@ class DirBackend(Backend):
         path = pool.target.path if pool.target else None
         if not path:
             raise InvalidArgument(f"pool '{pool.name}' has no target path")
-        if not os.path.isabs(path):
-            raise InvalidArgument(f"pool target path '{path}' is not absolute")
-        path = os.path.normpath(path)
-        if path == "/":
-            raise InvalidArgument("pool target path must not be '/'")
-        return path
+        return _checked_target(path)
 
     async def volume_dir(self, pool: PoolDefinition) -> str:
         """The directory volumes live in, checked to be usable now."""
@@ -202,3 +198,15 @@ class DirBackend(Backend):
             return await file_volumes.volume_info(await self.volume_dir(pool), name)
         except NotFound:
             raise NotFound(f"pool '{pool.name}' has no volume '{name}'") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_target(path: str) -> str:
+    """``path`` normalised; InvalidArgument unless absolute and not '/' (remembered: asked
+    on every volume operation)."""
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"pool target path '{path}' is not absolute")
+    path = os.path.normpath(path)
+    if path == "/":
+        raise InvalidArgument("pool target path must not be '/'")
+    return path

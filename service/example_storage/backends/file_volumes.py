@@ -686,7 +686,7 @@ async def _create_raw(
             return await _in_thread(_make_raw_volume, pool_dir, name, capacity, allocation,
                                     vol.nocow, vol.permissions, published, progress=progress)
         fd, made = _publish_raw(pool_dir, name, capacity, allocation, vol.nocow,
-                                vol.permissions, published, cancel=threading.Event(),
+                                vol.permissions, published, cancel=_NOT_CANCELLED,
                                 progress=_no_progress)
         try:
             await dirsync.sync_new_file(pool_dir, fd)
@@ -697,6 +697,9 @@ async def _create_raw(
     except asyncio.CancelledError:
         _unpublish(published)
         raise
+
+
+_NOT_CANCELLED = threading.Event()     # a create on the loop runs to its end: never set
 
 
 def _no_progress(done: int, total: int) -> None:
