@@ -278,7 +278,8 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
         f"  {versions(install)}",
         "  one private dbus-daemon; clients: dbus-next in this process for both services "
         "(the same code);",
-        f"  create/delete/GetAll: {cfg.inflight} calls in flight; Get/Ping: sequential round "
+        f"  create/delete: median of {cfg.create_reps} rounds, in a dir pool on the ext4 below; "
+        f"create/delete/GetAll: {cfg.inflight} calls in flight; Get/Ping: sequential round "
         f"trips, interleaved, {cfg.latency_calls} each (after 50 warm-up);",
         "  clones: sequential, median of "
         f"{cfg.clone_reps}; listing: median of {cfg.list_reps} ({cfg.big_list_reps} for the "
@@ -295,7 +296,7 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
         "  libvirt: libvirtd (storage + qemu drivers: libvirt-dbus opens qemu:///system) in a "
         "private mount namespace, auth none on its socket; start-up and its RSS with the "
         "storage driver only",
-        "  clones: dir pools on a fresh ext4 and xfs (reflink=1) on loop devices; "
+        "  clones: dir pools on a fresh ext4 and xfs (reflink=1) on loop devices (direct I/O); "
         "CreateVolumeFrom vs StorageVolCreateXMLFrom (flags 0, as virsh vol-clone)",
         "  'x lv': how many times better ours is than libvirt-dbus (above 1: ours is better); "
         "targets are printed, not asserted",

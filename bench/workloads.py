@@ -30,6 +30,7 @@ class Config:
     clone_data: int = 100 << 20
     image_size: int = 4 << 30     # each loop device (ext4, xfs)
     inflight: int = 16            # concurrent calls for create/delete/GetAll
+    create_reps: int = 3          # create + delete rounds (the median is the figure)
     latency_calls: int = 2000     # Get and Ping round trips each
     list_reps: int = 5
     big_list_reps: int = 3
@@ -110,16 +111,30 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
     async def create_delete_get_list() -> None:
         pool = await side.create_pool("bench", pool_dir)
         state["pool"] = pool
-        names = [f"v{i:05d}.img" for i in range(cfg.volumes)]
-        await asyncio.to_thread(settle, pool_dir)
-        secs, vols = await timed(bounded(
-            names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
-        r["create_rate"] = cfg.volumes / secs
-        files = list(pool_dir.iterdir())
-        if len(files) != cfg.volumes:
-            raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
-        state["vols"] = vols
+        creates, deletes = [], []
+        for rep in range(cfg.create_reps):
+            names = [f"r{rep}v{i:05d}.img" for i in range(cfg.volumes)]
+            await asyncio.to_thread(settle, pool_dir)
+            secs, vols = await timed(bounded(
+                names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
+            creates.append(cfg.volumes / secs)
+            files = list(pool_dir.iterdir())
+            if len(files) != cfg.volumes:
+                raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
+            state["vols"] = vols
+            if rep == 0:
+                await list_and_get(pool, vols)
+            await asyncio.to_thread(settle, pool_dir)
+            secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
+            deletes.append(cfg.volumes / secs)
+            state["vols"] = []
+            left = list(pool_dir.iterdir())
+            if left:
+                raise AssertionError(f"{len(left)} files left after deleting every volume")
+        r["create_rate"], r["delete_rate"] = median(creates), median(deletes)
+        r["create_rates"], r["delete_rates"] = creates, deletes
 
+    async def list_and_get(pool: str, vols: list[str]) -> None:
         times = []
         for _ in range(cfg.list_reps):
             secs, count = await timed(side.list_all(pool, cfg.inflight))
@@ -139,14 +154,6 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
                               cfg.latency_calls)
         r["get_median"], r["get_p99"] = median(lat["get"]), percentile(lat["get"], 99)
         r["ping_median"], r["ping_p99"] = median(lat["ping"]), percentile(lat["ping"], 99)
-
-        await asyncio.to_thread(settle, pool_dir)
-        secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
-        r["delete_rate"] = cfg.volumes / secs
-        state["vols"] = []
-        left = list(pool_dir.iterdir())
-        if left:
-            raise AssertionError(f"{len(left)} files left after deleting every volume")
 
     await guarded(r, ("create_rate", "list_small", "get_median", "get_p99", "ping_median",
                       "ping_p99", "delete_rate") + (("list_small_info",) if is_libvirt else ()),
