@@ -218,33 +218,13 @@ class Codec:
     def _make_array_writer(self, element: str) -> Writer:
         eight = _ALIGN[element[0]] == 8
 
-        def start(buf: bytearray) -> tuple[int, int]:
-            """Pad, write a length placeholder, pad for the elements: (where the length
-            is, where the elements begin)."""
-            pad = -len(buf) & 3
-            if pad:
-                buf += _ZEROS[pad]
-            at = len(buf)
-            buf += b"\x00\x00\x00\x00"
-            if eight:
-                pad = -len(buf) & 7
-                if pad:
-                    buf += _ZEROS[pad]
-            return at, len(buf)
-
-        def finish(buf: bytearray, at: int, begin: int) -> None:
-            size = len(buf) - begin
-            if size > 1 << 26:
-                raise WireError("array longer than 64 MiB")
-            buf[at:at + 4] = _U32.pack(size)
-
         if element == "y":
             def write_bytes(buf: bytearray, v: Any) -> None:
                 if not isinstance(v, bytes):
                     raise WireError("'ay' needs bytes")
-                at, begin = start(buf)
+                at, begin = _array_start(buf, eight)
                 buf += v
-                finish(buf, at, begin)
+                _array_finish(buf, at, begin)
             return write_bytes
         if element[0] == "{":
             key_writer = self.writer(element[1])
@@ -253,24 +233,24 @@ class Codec:
             def write_dict(buf: bytearray, v: Any) -> None:
                 if not isinstance(v, dict):
                     raise WireError("'a{..}' needs a dict")
-                at, begin = start(buf)
+                at, begin = _array_start(buf, eight)
                 for key, value in v.items():
                     pad = -len(buf) & 7
                     if pad:
                         buf += _ZEROS[pad]
                     key_writer(buf, key)
                     value_writer(buf, value)
-                finish(buf, at, begin)
+                _array_finish(buf, at, begin)
             return write_dict
         item_writer = self.writer(element)
 
         def write_array(buf: bytearray, v: Any) -> None:
             if not isinstance(v, list):
                 raise WireError("an array needs a list")
-            at, begin = start(buf)
+            at, begin = _array_start(buf, eight)
             for item in v:
                 item_writer(buf, item)
-            finish(buf, at, begin)
+            _array_finish(buf, at, begin)
         return write_array
 
     # unmarshalling -------------------------------------------------------------------------
@@ -371,6 +351,29 @@ class Codec:
         return read_array
 
 
+def _array_start(buf: bytearray, eight: bool) -> tuple[int, int]:
+    """Start an array: pad to 4, a length placeholder, padding to 8 when its elements are
+    8-aligned (not counted in the length). (where the length is, where elements begin)"""
+    pad = -len(buf) & 3
+    if pad:
+        buf += _ZEROS[pad]
+    at = len(buf)
+    buf += b"\x00\x00\x00\x00"
+    if eight:
+        pad = -len(buf) & 7
+        if pad:
+            buf += _ZEROS[pad]
+    return at, len(buf)
+
+
+def _array_finish(buf: bytearray, at: int, begin: int) -> None:
+    """Fill in the length of the array whose elements began at ``begin``."""
+    size = len(buf) - begin
+    if size > 1 << 26:
+        raise WireError("array longer than 64 MiB")
+    buf[at:at + 4] = _U32.pack(size)
+
+
 def _write_signature(buf: bytearray, v: Any) -> None:
     if not isinstance(v, str):
         raise WireError("'g' needs a str")
@@ -421,22 +424,14 @@ class PropertiesWriter:
     def write(self, buf: bytearray, values: dict[str, Any]) -> None:
         """Append the array (``buf`` ends where its message's body offset has the same
         alignment mod 8 as ``len(buf)``)."""
-        pad = -len(buf) & 3
-        if pad:
-            buf += _ZEROS[pad]
-        at = len(buf)
-        buf += b"\x00\x00\x00\x00"
-        pad = -len(buf) & 7
-        if pad:
-            buf += _ZEROS[pad]
-        begin = len(buf)
+        at, begin = _array_start(buf, True)
         for name, prefix, write in self._items:
             pad = -len(buf) & 7
             if pad:
                 buf += _ZEROS[pad]
             buf += prefix
             write(buf, values[name])
-        buf[at:at + 4] = _U32.pack(len(buf) - begin)
+        _array_finish(buf, at, begin)
 
 
 def object_entry(codec: Codec, path: str, interface: str, properties: PropertiesWriter,
@@ -445,18 +440,10 @@ def object_entry(codec: Codec, path: str, interface: str, properties: Properties
     InterfacesAdded, and its dict entry in GetManagedObjects' ``a{oa{sa{sv}}}``."""
     buf = bytearray()
     codec.writer("o")(buf, path)
-    pad = -len(buf) & 3                        # a{sa{sv}}: its length, 4-aligned
-    if pad:
-        buf += _ZEROS[pad]
-    at = len(buf)
-    buf += b"\x00\x00\x00\x00"
-    pad = -len(buf) & 7
-    if pad:
-        buf += _ZEROS[pad]
-    begin = len(buf)
+    at, begin = _array_start(buf, True)        # a{sa{sv}} with one entry
     codec.writer("s")(buf, interface)
     properties.write(buf, values)
-    buf[at:at + 4] = _U32.pack(len(buf) - begin)
+    _array_finish(buf, at, begin)
     return buf
 
 

@@ -97,15 +97,22 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 
 
 @functools.cache
-def _libc_fallocate() -> Any:
+def libc_function(name: str, *argtypes: Any) -> Any:
+    """The C library's ``name`` with these argument types (int result, errno kept for
+    ctypes.get_errno); None where it is missing."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.fallocate
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
     return fn
+
+
+def _libc_fallocate() -> Any:
+    return libc_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                         ctypes.c_int64)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -121,16 +128,9 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 SYNC_FILE_RANGE_WRITE = 2
 
 
-@functools.cache
 def _libc_sync_file_range() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
+    return libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                         ctypes.c_uint)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:

@@ -11,10 +11,11 @@ the filesystem cannot make one (NFS, FUSE, older kernels) or this process may no
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from typing import Any
+
+from .block_io import libc_function
 
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
@@ -23,20 +24,12 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENO
 # linkat(AT_EMPTY_PATH) not allowed here (ENOENT without CAP_DAC_READ_SEARCH) or missing
 _NO_LINK = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
 
-_linkat: Any = None
 _usable = True          # False once linking an unnamed file turned out not to work here
 
 
 def _libc_linkat() -> Any:
-    global _linkat
-    if _linkat is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.linkat
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                       ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _linkat = fn
-    return _linkat
+    return libc_function("linkat", ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                         ctypes.c_char_p, ctypes.c_int)
 
 
 def open_unnamed(directory: str, mode: int) -> int | None:
@@ -57,9 +50,8 @@ def link_unnamed(fd: int, path: str) -> bool:
     (FileExistsError if ``path`` exists). False (and nothing changed) where this process
     cannot link an unnamed file: the caller makes the file again with a temp name."""
     global _usable
-    try:
-        fn = _libc_linkat()
-    except (OSError, AttributeError):
+    fn = _libc_linkat()
+    if fn is None:
         _usable = False
         return False
     if fn(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
