@@ -4,14 +4,12 @@ by Pool.LunsChanged with no Refresh call, and CHAP (right, wrong, missing secret
 secret never showing up in anything a client or another local user can read."""
 
 import asyncio
-import os
 import stat
-import threading
-from pathlib import Path
 
 import pytest
 
 from tests.bus.helpers import POOL, VOLUME
+from tests.harness.procs import ArgvSampler
 from tests.harness.tgtd import Tgtd, tgt_missing
 
 E = "org.example.Storage.Error."
@@ -206,43 +204,6 @@ async def test_luns_as_volumes_and_changes_signalled(svc, tgtd, tmp_path):
     assert err.type == E + "InvalidArgument"
 
 
-class CmdlineSampler:
-    """Reads every process's /proc/PID/cmdline (as any local user could) in a thread
-    while the daemon works, and remembers every argv that contains ``needle``."""
-
-    def __init__(self, needle: bytes) -> None:
-        self.needle = needle
-        self.hits: list[bytes] = []
-        self.samples = 0
-        self.probes_seen = 0      # the daemon's libiscsi probe caught while it ran
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == me:
-                    continue
-                try:
-                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if self.needle in raw:
-                    self.hits.append(raw)
-                if b"iscsi_probe" in raw:
-                    self.probes_seen += 1
-            self.samples += 1
-
-    def __enter__(self) -> "CmdlineSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 async def test_chap_right_wrong_missing_and_never_leaked(svc, tgtd, tmp_path):
     secret = "Chap-Secret-7f3a91"     # tgtd wants 12..16 characters
     tgtd.add_target(IQN1)
@@ -251,7 +212,7 @@ async def test_chap_right_wrong_missing_and_never_leaked(svc, tgtd, tmp_path):
     auth = "<auth type='chap' username='alice'><secret usage='tgt-disks'/></auth>"
     pool = await svc.manager("DefinePool", "sa{sv}", pool_xml("chap", tgtd, IQN1, auth), {})
 
-    with CmdlineSampler(secret.encode()) as sampler:
+    with ArgvSampler(secret.encode(), watched=lambda raw: b"iscsi_probe" in raw) as sampler:
         # missing: the pool names a secret nobody set
         err = await svc.call_error(pool, POOL, "Start", "a{sv}", {})
         assert err.type == E + "NotFound" and "tgt-disks" in err.text and "SetSecret" in err.text
@@ -280,7 +241,7 @@ async def test_chap_right_wrong_missing_and_never_leaked(svc, tgtd, tmp_path):
                               {}),
         ]
         await svc.call(pool, POOL, "Destroy", "a{sv}", {})
-    assert sampler.samples > 0 and sampler.probes_seen > 0
+    assert sampler.samples > 0 and sampler.seen > 0   # it caught the libiscsi probe running
     assert sampler.hits == [], "the CHAP secret showed up in a process's command line"
     for reply in replies:
         assert secret not in repr(reply)

@@ -25,6 +25,7 @@ from example_storage.system import iscsi_transfer
 from example_storage.system.iscsi import Credentials
 
 from tests.bus.helpers import POOL, VOLUME
+from tests.harness.procs import ArgvSampler
 from tests.harness.tgtd import Tgtd, tgt_missing
 
 E = "org.example.Storage.Error."
@@ -69,39 +70,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class ProcSampler:
-    """Reads every process's /proc/PID/cmdline (as any local user could) in a thread,
-    remembering each argv holding ``needle`` and counting sightings of the I/O child."""
-
-    def __init__(self, needle: bytes, marker: bytes = b"example_storage.system.iscsi_io"):
-        self.needle, self.marker = needle, marker
-        self.hits: list[bytes] = []
-        self.children_seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == me:
-                    continue
-                try:
-                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if self.needle in raw:
-                    self.hits.append(raw)
-                if self.marker in raw:
-                    self.children_seen += 1
-
-    def __enter__(self) -> "ProcSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
+def is_io_child(raw: bytes) -> bool:
+    """``raw`` (a /proc cmdline) is the daemon's iSCSI I/O child."""
+    return b"example_storage.system.iscsi_io" in raw
 
 
 def io_children(portal: str) -> list[int]:
@@ -347,9 +318,9 @@ async def test_wipe_over_dbus_with_chap_reads_back_zeroes(svc, tgtd, tmp_path):
     vol = await volume_path(svc, pool, "unit:0:0:1")
     assert (await svc.props(vol, VOLUME))["Serial"] == "DATA0001"
 
-    with ProcSampler(SECRET.encode()) as sampler:
+    with ArgvSampler(SECRET.encode(), watched=is_io_child) as sampler:
         await svc.call(vol, VOLUME, "Wipe", "a{sv}", {})
-    assert sampler.children_seen > 0, "the sampler never saw the I/O child"
+    assert sampler.seen > 0, "the sampler never saw the I/O child"
     assert sampler.hits == [], "the CHAP secret showed up in a process's command line"
     assert await read_back(tgtd, 1, tmp_path / "back.img") == bytes(16 * MiB)
     assert backing.read_bytes() == bytes(16 * MiB)
@@ -398,7 +369,7 @@ async def test_upload_download_over_dbus(svc, tgtd, tmp_path):
         f.write(os.urandom(MiB))
         f.seek(5 * MiB)
         f.write(os.urandom(MiB // 2))
-    with ProcSampler(SECRET.encode()) as sampler:
+    with ArgvSampler(SECRET.encode(), watched=is_io_child) as sampler:
         fd = os.open(src, os.O_RDONLY)
         try:
             reply = await call_with_fd(svc, vol, "Upload", fd, 0, 0)
@@ -412,7 +383,7 @@ async def test_upload_download_over_dbus(svc, tgtd, tmp_path):
         finally:
             os.close(fd)
         assert reply.message_type == MessageType.METHOD_RETURN, reply.body
-    assert sampler.children_seen > 0
+    assert sampler.seen > 0
     assert sampler.hits == [], "the CHAP secret showed up in a process's command line"
 
     expected = src.read_bytes() + bytes(size - src.stat().st_size)

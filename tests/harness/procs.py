@@ -11,7 +11,9 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -112,3 +114,44 @@ def kill_group(pgid: int) -> None:
     """SIGKILL what is left of the process group ``pgid`` (one we created); no-op if empty."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+class ArgvSampler:
+    """Reads every other process's /proc/PID/cmdline (as any local user could) in a thread
+    while a test works: ``hits`` keeps each argv that holds one of ``needles`` (a secret
+    that must never be there); ``seen`` counts the argvs ``watched(raw)`` picks out (the
+    process the test expects to have caught running, to show the sampler looked while it
+    ran); ``samples`` counts the passes over /proc."""
+
+    def __init__(self, *needles: bytes, watched: Callable[[bytes], bool]) -> None:
+        self.needles = needles
+        self.watched = watched
+        self.hits: list[bytes] = []
+        self.seen = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or pid == me:
+                    continue
+                try:
+                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if any(needle in raw for needle in self.needles):
+                    self.hits.append(raw)
+                if self.watched(raw):
+                    self.seen += 1
+            self.samples += 1
+
+    def __enter__(self) -> ArgvSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -23,7 +23,6 @@ import asyncio
 import os
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from example_storage.system.iscsiadm import iscsid_running, read_sessions
 from example_storage.system.scsi_host import ScsiSysfs
 
 from tests.bus.helpers import POOL, VOLUME
-from tests.harness.procs import stop_child
+from tests.harness.procs import ArgvSampler, stop_child
 from tests.vm.guest import run
 from tests.vm.host_agent import ask_host
 
@@ -125,39 +124,9 @@ def iscsid(tmp_path):
     daemon.stop()
 
 
-class ArgvWatch:
-    """Reads every process's /proc/PID/cmdline (as any local user could) in a thread and
-    keeps each argv that holds one of ``needles``; counts the iscsiadm runs it caught."""
-
-    def __init__(self, *needles: bytes) -> None:
-        self.needles = needles
-        self.hits: list[bytes] = []
-        self.iscsiadm_seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == me:
-                    continue
-                try:
-                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if any(needle in raw for needle in self.needles):
-                    self.hits.append(raw)
-                if raw.startswith(b"iscsiadm\0") or b"/iscsiadm\0" in raw:
-                    self.iscsiadm_seen += 1
-
-    def __enter__(self) -> ArgvWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
+def is_iscsiadm(raw: bytes) -> bool:
+    """``raw`` (a /proc cmdline) is an iscsiadm run."""
+    return raw.startswith(b"iscsiadm\0") or b"/iscsiadm\0" in raw
 
 
 async def _device_of(svc, node: str, timeout: float = 60) -> str:
@@ -305,7 +274,7 @@ async def test_kernel_iscsi_chap_right_wrong_missing_never_leaked(guest_svc, por
     pool = await svc.manager("DefinePool", "sa{sv}",
                              iscsi_pool_xml("kc", port, iqn, auth, initiator), {})
 
-    with ArgvWatch(secret.encode(), wrong.encode()) as watch:
+    with ArgvSampler(secret.encode(), wrong.encode(), watched=is_iscsiadm) as watch:
         # missing: the pool names a secret nobody set
         err = await svc.call_error(pool, POOL, "Start", "a{sv}", {})
         assert err.type == E + "NotFound" and "vm-chap" in err.text, err.text
@@ -344,7 +313,7 @@ async def test_kernel_iscsi_chap_right_wrong_missing_never_leaked(guest_svc, por
         await svc.call(pool, POOL, "Destroy", "a{sv}", {})
         assert sessions(iqn) == []
         assert not (NODES / iqn).exists() or not any((NODES / iqn).iterdir())
-    assert watch.iscsiadm_seen > 0, "the watch never saw the daemon's iscsiadm runs"
+    assert watch.seen > 0, "the watch never saw the daemon's iscsiadm runs"
     assert watch.hits == [], "a CHAP secret showed up in a process's command line"
     for reply in replies:
         assert secret not in repr(reply)
