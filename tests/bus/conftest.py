@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from tests.bus.helpers import MANAGER, MANAGER_PATH, POOL, dir_pool_xml
 from tests.harness.bus import PrivateBus
 from tests.harness.client import SignalRecorder, call, connect, get_all, managed_objects
 from tests.harness.daemon import StorageDaemon
+from tests.harness.polkit import RealPolkitd
+from tests.harness.users import TestUser
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root")
 
@@ -98,16 +102,12 @@ class Service:
             self.client = None
 
 
-@pytest.fixture
-async def svc(tmp_path, request):
-    """The service with no polkit on its bus: only root (this test) is authorized.
-
-    Indirect parametrization picks the daemon's D-Bus library: "dbus-next" (default)
-    or "dbus-fast" (the drop-in, see adapter/bus.py).
-    """
-    library = getattr(request, "param", "dbus-next")
-    bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, tmp_path, env={"EXAMPLE_STORAGE_DBUS": library})
+@contextlib.asynccontextmanager
+async def running_service(tmp_path: Path, bus: PrivateBus, library: str = "dbus-next",
+                          extra_args: tuple[str, ...] = ()) -> AsyncIterator[Service]:
+    """The daemon (with ``library``) on ``bus`` and a connected client; stopped after."""
+    daemon = StorageDaemon(bus, tmp_path, env={"EXAMPLE_STORAGE_DBUS": library},
+                           extra_args=list(extra_args))
     service = Service(bus, daemon, tmp_path)
     try:
         daemon.start()
@@ -116,8 +116,39 @@ async def svc(tmp_path, request):
     finally:
         await service.close()
         daemon.stop()
+
+
+@pytest.fixture
+async def svc(tmp_path, request):
+    """The service with no polkit on its bus: only root (this test) is authorized.
+
+    Indirect parametrization picks the daemon's D-Bus library: "dbus-next" (default)
+    or "dbus-fast" (the drop-in, see adapter/bus.py).
+    """
+    bus = PrivateBus().start()
+    try:
+        async with running_service(tmp_path, bus, getattr(request, "param", "dbus-next")
+                                   ) as service:
+            yield service
+    finally:
         bus.stop()
         _unmount_below(tmp_path)
+
+
+@pytest.fixture
+async def real_lane(tmp_path):
+    """The service on a bus with the real polkitd, and a throw-away unprivileged user:
+    (service, polkitd, user)."""
+    bus = PrivateBus().start()
+    polkitd = RealPolkitd(bus)
+    try:
+        polkitd.start()
+        with TestUser() as user:
+            async with running_service(tmp_path, bus) as service:
+                yield service, polkitd, user
+    finally:
+        polkitd.stop()
+        bus.stop()
 
 
 def _unmount_below(root: Path) -> None:

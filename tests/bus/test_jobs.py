@@ -26,7 +26,6 @@ from tests.bus.helpers import (
     fs_pool_xml,
     raw_volume_xml,
 )
-from tests.harness.bus import PrivateBus
 from tests.harness.busctl import busctl, busctl_argv
 from tests.harness.client import (
     SignalRecorder,
@@ -35,10 +34,7 @@ from tests.harness.client import (
     get_all,
     managed_objects,
 )
-from tests.harness.daemon import StorageDaemon
 from tests.harness.loop import LoopDevice
-from tests.harness.polkit import RealPolkitd
-from tests.harness.users import TestUser
 
 E = "org.example.Storage.Error."
 JOB = "org.example.Storage.Job"
@@ -296,30 +292,6 @@ async def test_fs_pool_build_is_a_job(svc, tmp_path):
 
 
 # -- who may cancel: real polkitd, a real unprivileged user --------------------------
-@pytest.fixture
-async def real_lane(tmp_path):
-    bus = PrivateBus().start()
-    polkitd = RealPolkitd(bus)
-    user = None
-    service = None
-    try:
-        polkitd.start()
-        user = TestUser()
-        daemon = StorageDaemon(bus, tmp_path)
-        service = Service(bus, daemon, tmp_path)
-        daemon.start()
-        await service.connect()
-        yield service, polkitd, user
-    finally:
-        if service is not None:
-            await service.close()
-            service.daemon.stop()
-        polkitd.stop()
-        if user is not None:
-            user.remove()
-        bus.stop()
-
-
 async def test_only_the_starter_or_an_admin_may_cancel(real_lane):
     svc, polkitd, user = real_lane
     pool = await svc.running_dir_pool("u")

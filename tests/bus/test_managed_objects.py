@@ -15,11 +15,10 @@ import pytest
 from dbus_next import Message, MessageType
 from dbus_next.errors import DBusError
 
-from tests.bus.conftest import Service
+from tests.bus.conftest import running_service
 from tests.bus.helpers import MANAGER, MANAGER_PATH, POOL, VOLUME, dir_pool_xml, raw_volume_xml
 from tests.harness.bus import PrivateBus
 from tests.harness.client import call
-from tests.harness.daemon import StorageDaemon
 
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -36,18 +35,12 @@ def _dbus_fast_installed() -> bool:
 @pytest.fixture
 async def quiet(tmp_path, request):
     """The service (library from the parameter) with no uevents followed."""
-    library = getattr(request, "param", "dbus-next")
     bus = PrivateBus().start()
-    daemon = StorageDaemon(bus, tmp_path, env={"EXAMPLE_STORAGE_DBUS": library},
-                           extra_args=["--udev-source", "none"])
-    service = Service(bus, daemon, tmp_path)
     try:
-        daemon.start()
-        await service.connect()
-        yield service
+        async with running_service(tmp_path, bus, getattr(request, "param", "dbus-next"),
+                                   ("--udev-source", "none")) as service:
+            yield service
     finally:
-        await service.close()
-        daemon.stop()
         bus.stop()
 
 

@@ -19,7 +19,7 @@ from tests.contract.introspection import contract, documented_action
 from tests.harness.bus import PrivateBus
 from tests.harness.busctl import busctl
 from tests.harness.daemon import StorageDaemon
-from tests.harness.polkit import MockPolkit, RealPolkitd, mock_polkit_conf
+from tests.harness.polkit import MockPolkit, mock_polkit_conf
 from tests.harness.users import TestUser
 
 E = "org.example.Storage.Error."
@@ -56,27 +56,6 @@ async def mock_lane(tmp_path):
             await service.close()
             service.daemon.stop()
         polkit.stop()
-        bus.stop()
-
-
-@pytest.fixture
-async def real_lane(tmp_path):
-    bus = PrivateBus().start()
-    polkitd = RealPolkitd(bus)
-    user = None
-    service = None
-    try:
-        polkitd.start()
-        user = TestUser()
-        service = await _service(tmp_path, bus)
-        yield service, polkitd, user
-    finally:
-        if service is not None:
-            await service.close()
-            service.daemon.stop()
-        polkitd.stop()
-        if user is not None:
-            user.remove()
         bus.stop()
 
 
