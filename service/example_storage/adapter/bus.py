@@ -123,19 +123,17 @@ def init_interface(obj: ServiceInterface, name: str) -> None:
     obj._ServiceInterface__buses = set()
 
 
-def _unchecked_variant(signature: str, value):
-    """A Variant of a value read off the wire (the bus daemon has checked the message):
-    built without the library's walk over the value to verify it."""
-    variant = Variant.__new__(Variant)
-    tree = _SignatureTree._get(signature)
-    variant.type = tree.types[0]
-    variant.signature = signature
-    variant.value = value
-    return variant
-
-
 if LIBRARY == "dbus-next":
     from dbus_next.signature import SignatureTree as _SignatureTree
+
+    def _unchecked_variant(signature: str, value):
+        """A Variant of a value read off the wire (the bus daemon has checked the
+        message): built without the library's walk over the value to verify it."""
+        variant = Variant.__new__(Variant)
+        variant.type = _SignatureTree._get(signature).types[0]
+        variant.signature = signature
+        variant.value = value
+        return variant
 
     # dbus-next's codec is pure Python that dispatches on the type at every value (and
     # verifies a body in a walk of its own first): wire.py does the same work with code
