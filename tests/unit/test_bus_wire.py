@@ -90,7 +90,8 @@ def library_parse(data: bytes) -> Message:
 
 def same_message(a: Message, b: Message) -> bool:
     attrs = ("destination", "path", "interface", "member", "message_type", "flags",
-             "error_name", "reply_serial", "sender", "signature", "body", "serial")
+             "error_name", "reply_serial", "sender", "signature", "signature_tree", "body",
+             "serial")
     return all(getattr(a, k) == getattr(b, k) for k in attrs)
 
 
@@ -165,6 +166,15 @@ def test_the_bus_reads_incoming_messages_as_the_library_does(seed):
         got = reader.unmarshall()
         assert got is not None and same_message(got, library_parse(bytes(msg._marshall())))
     assert reader_stream.read() == b""
+
+
+def test_a_message_without_a_field_its_type_needs_is_left_to_the_library():
+    with pytest.raises(wire.WireError):
+        bus._received_message(1, 0, 5, {"path": "/"}, [], [])          # a call, no member
+    with pytest.raises(wire.WireError):
+        bus._received_message(3, 0, 5, {"reply_serial": 4}, [], [])    # an error, no name
+    ok = bus._received_message(2, 0, 5, {"reply_serial": 4}, ["x"], [])
+    assert (ok.message_type, ok.reply_serial, ok.body) == (MessageType.METHOD_RETURN, 4, ["x"])
 
 
 def big_endian_ping() -> bytes:

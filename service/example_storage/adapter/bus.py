@@ -468,17 +468,43 @@ if LIBRARY == "dbus-next":
             self.read(wire.message_length(self.buf), prefetch=True)
             try:
                 mtype, flags, serial, fields, body = wire.parse_message(CODEC, bytes(self.buf))
-                self.message = Message(
-                    destination=fields.get("destination"), path=fields.get("path"),
-                    interface=fields.get("interface"), member=fields.get("member"),
-                    message_type=MessageType(mtype), flags=MessageFlag(flags),
-                    error_name=fields.get("error_name"),
-                    reply_serial=fields.get("reply_serial"), sender=fields.get("sender"),
-                    unix_fds=self.unix_fds, signature=fields.get("signature", ""),
-                    body=body, serial=serial)
+                self.message = _received_message(mtype, flags, serial, fields, body,
+                                                 self.unix_fds)
             except Exception:  # noqa: BLE001 - the library's parser decides then
                 self.offset = 0
                 super()._unmarshall()
+
+    _REQUIRED = {MessageType.METHOD_CALL: ("path", "member"),
+                 MessageType.SIGNAL: ("path", "member", "interface"),
+                 MessageType.ERROR: ("error_name", "reply_serial"),
+                 MessageType.METHOD_RETURN: ("reply_serial",)}
+
+    def _received_message(mtype: int, flags: int, serial: int, fields: dict, body: list,
+                          unix_fds: list) -> Message:
+        """The library's Message of what wire.py read, made as its constructor would make
+        it, without checking each name against the specification once more (the bus
+        daemon delivers only valid messages); a field a message type needs is still
+        required (the library's own error otherwise)."""
+        message_type = MessageType(mtype)
+        for name in _REQUIRED[message_type]:
+            if not fields.get(name):
+                raise wire.WireError(f"{message_type.name} without {name}")
+        msg = Message.__new__(Message)
+        msg.destination = fields.get("destination")
+        msg.path = fields.get("path")
+        msg.interface = fields.get("interface")
+        msg.member = fields.get("member")
+        msg.message_type = message_type
+        msg.flags = MessageFlag(flags)
+        msg.error_name = fields.get("error_name")
+        msg.reply_serial = fields.get("reply_serial")
+        msg.sender = fields.get("sender")
+        msg.unix_fds = unix_fds
+        msg.signature = fields.get("signature", "")
+        msg.signature_tree = _SignatureTree._get(msg.signature)
+        msg.body = body
+        msg.serial = serial
+        return msg
 
 
 class _ReplyContext:
