@@ -203,3 +203,17 @@ async def test_error_replies_leave_no_traceback_in_the_log(svc):
     await svc.manager("ListPools", "a{sv}", {})    # the log is written up to here
     log = svc.daemon.log()
     assert "Traceback" not in log and "Exception in callback" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize("svc", ["dbus-next", "dbus-fast"], indirect=True)
+async def test_calls_that_match_no_method_are_unknown_methods(svc):
+    """A member the interface does not have, a known member with another signature, or an
+    interface the object does not have: UnknownMethod, and nothing happens."""
+    pool = await svc.running_dir_pool("p")
+    unknown = "org.freedesktop.DBus.Error.UnknownMethod"
+    for args in [(pool, POOL, "NoSuchMethod", "a{sv}", {}),
+                 (pool, POOL, "CreateVolume", "s", raw_volume_xml("v.img", "1", "MiB")),
+                 (pool, VOLUME, "Delete", "a{sv}", {})]:
+        err = await svc.call_error(*args)
+        assert err.type == unknown, (args[2], err.type, err.text)
+    assert await svc.call(pool, POOL, "ListVolumes", "a{sv}", {}) == []

@@ -407,6 +407,20 @@ class MessageBus(_MessageBus):
         return None
 
     if LIBRARY == "dbus-next":
+        def _find_message_handler(self, msg):
+            """The library's lookup of the handler of a method call, with the methods of
+            our interfaces found in a table made once per class (the library compares the
+            call with every method of every interface at the path, each time)."""
+            if msg.interface in _STANDARD_INTERFACES or msg.interface is None:
+                return super()._find_message_handler(msg)
+            for interface in self._path_exports.get(msg.path, ()):
+                if interface.name != msg.interface:
+                    continue
+                method = _methods_by_call(interface).get((msg.member, msg.signature))
+                if method is not None and not method.disabled:
+                    return self._make_method_handler(interface, method)
+            return None
+
         def _create_unmarshaller(self):
             return _MessageReader(self._stream, self._sock if self._negotiate_unix_fd else None)
 
@@ -455,6 +469,20 @@ class MessageBus(_MessageBus):
 
 
 if LIBRARY == "dbus-next":
+    _STANDARD_INTERFACES = frozenset({
+        "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Properties",
+        "org.freedesktop.DBus.Peer", "org.freedesktop.DBus.ObjectManager"})
+    _METHODS_BY_CALL: dict[type, dict[tuple[str, str], object]] = {}
+
+    def _methods_by_call(interface: ServiceInterface) -> dict[tuple[str, str], object]:
+        """(member, signature) -> the method of ``interface``'s class (its methods are the
+        same for every object of the class: init_interface)."""
+        table = _METHODS_BY_CALL.get(type(interface))
+        if table is None:
+            table = _METHODS_BY_CALL[type(interface)] = {
+                (m.name, m.in_signature): m for m in ServiceInterface._get_methods(interface)}
+        return table
+
     class _MessageReader(_Unmarshaller):
         """The library's reader of incoming messages (its socket reads and fd handling
         unchanged), the message parsed by wire.py; anything wire.py does not take (another
