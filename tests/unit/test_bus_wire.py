@@ -244,3 +244,17 @@ def test_object_entries_are_what_the_library_writes_for_variants(seed):
             n: Variant(sig, values[n]) for n, sig in table}}]).marshall())
         assert ours == theirs, (seed, table)
         assert bus.object_entry(path, "org.example.I", table, values) == theirs
+
+
+def test_signatures_a_caller_chooses_do_not_pile_up(monkeypatch):
+    """Variants with ever new signatures (a caller picks them) are read correctly, and the
+    tables of readers stop growing at wire.MAX_REMEMBERED."""
+    monkeypatch.setattr(wire, "MAX_REMEMBERED", 50)
+    codec = wire.Codec(Variant, getattr(bus, "_unchecked_variant", Variant))
+    for width in range(1, 200):
+        sig = "(" + "s" * width + ")"
+        value = [f"x{i}" for i in range(width)]
+        data = bytes(Marshaller("a{sv}", [{"k": Variant(sig, value)}]).marshall())
+        (got,) = codec.unmarshal_body("a{sv}", data, 0, len(data))
+        assert got["k"].signature == sig and got["k"].value == value
+    assert len(codec._readers) <= 50 and len(codec._body_readers) <= 50

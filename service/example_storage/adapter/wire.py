@@ -33,6 +33,17 @@ _ZEROS = [bytes(n) for n in range(8)]
 _OBJECT_PATH = re.compile(r"/|(?:/[A-Za-z0-9_]+)+")
 
 
+# At most this many signatures remembered per table: a caller chooses the signatures of the
+# variants it sends, and every new one would otherwise stay in memory for good.
+MAX_REMEMBERED = 2048
+
+
+def _remember(table: dict, key: str, value: Any) -> Any:
+    if len(table) < MAX_REMEMBERED:
+        table[key] = value
+    return value
+
+
 class WireError(ValueError):
     """A value or message this module does not handle (the library then decides)."""
 
@@ -104,8 +115,8 @@ class Codec:
         starting at offset 0 (8-aligned in any message)."""
         writers = self._body_writers.get(signature)
         if writers is None:
-            writers = self._body_writers[signature] = [
-                self.writer(t) for t in split_signature(signature)]
+            writers = _remember(self._body_writers, signature,
+                                [self.writer(t) for t in split_signature(signature)])
         if type(body) is not list or len(body) != len(writers):
             raise WireError(f"body does not match signature {signature!r}")
         buf = bytearray()
@@ -118,8 +129,8 @@ class Codec:
         ``data`` as in the message). WireError if they do not fill it exactly."""
         readers = self._body_readers.get(signature)
         if readers is None:
-            readers = self._body_readers[signature] = [
-                self.reader(t) for t in split_signature(signature)]
+            readers = _remember(self._body_readers, signature,
+                                [self.reader(t) for t in split_signature(signature)])
         values = []
         for read in readers:
             value, offset = read(data, offset)
@@ -133,13 +144,13 @@ class Codec:
     def writer(self, code: str) -> Writer:
         w = self._writers.get(code)
         if w is None:
-            w = self._writers[code] = self._make_writer(code)
+            w = _remember(self._writers, code, self._make_writer(code))
         return w
 
     def reader(self, code: str) -> Reader:
         r = self._readers.get(code)
         if r is None:
-            r = self._readers[code] = self._make_reader(code)
+            r = _remember(self._readers, code, self._make_reader(code))
         return r
 
     def _make_writer(self, code: str) -> Writer:  # noqa: C901 - one branch per type code
