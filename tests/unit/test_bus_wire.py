@@ -258,3 +258,14 @@ def test_signatures_a_caller_chooses_do_not_pile_up(monkeypatch):
         (got,) = codec.unmarshal_body("a{sv}", data, 0, len(data))
         assert got["k"].signature == sig and got["k"].value == value
     assert len(codec._readers) <= 50 and len(codec._body_readers) <= 50
+
+
+def test_the_librarys_signature_cache_is_bounded(monkeypatch):
+    from dbus_next.signature import SignatureTree
+
+    monkeypatch.setattr(bus, "MAX_SIGNATURE_TREES", len(SignatureTree._cache) + 20)
+    for width in range(1, 100):
+        tree = SignatureTree._get("(" + "u" * width + ")")
+        assert tree.signature == "(" + "u" * width + ")"
+    assert len(SignatureTree._cache) <= bus.MAX_SIGNATURE_TREES
+    assert SignatureTree._get("s") is SignatureTree._get("s")      # still a cache

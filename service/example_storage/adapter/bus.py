@@ -126,6 +126,21 @@ def init_interface(obj: ServiceInterface, name: str) -> None:
 if LIBRARY == "dbus-next":
     from dbus_next.signature import SignatureTree as _SignatureTree
 
+    # dbus-next keeps every signature it ever parsed, also those of the variants callers
+    # send (they choose them): at most this many here, as dbus-fast bounds its own.
+    MAX_SIGNATURE_TREES = 4096
+
+    def _bounded_signature_tree(signature: str = ""):
+        cache = _SignatureTree._cache
+        tree = cache.get(signature)
+        if tree is None:
+            tree = _SignatureTree(signature)
+            if len(cache) < MAX_SIGNATURE_TREES:
+                cache[signature] = tree
+        return tree
+
+    _SignatureTree._get = staticmethod(_bounded_signature_tree)
+
     def _unchecked_variant(signature: str, value):
         """A Variant of a value read off the wire (the bus daemon has checked the
         message): built without the library's walk over the value to verify it."""
