@@ -136,3 +136,16 @@ def test_an_unprivileged_process_creates_volumes():
         assert res.stdout.splitlines() == ["['v'] 1048576 True"]
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_rename_without_replacing(tmp_path):
+    """The temp-name path's fallback for filesystems without hard links: renameat2
+    (RENAME_NOREPLACE) moves a file, and refuses to replace one."""
+    (tmp_path / "a").write_bytes(b"a")
+    fv._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert os.listdir(tmp_path) == ["b"]
+    (tmp_path / "c").write_bytes(b"c")
+    with pytest.raises(FileExistsError):
+        fv._rename_noreplace(str(tmp_path / "c"), str(tmp_path / "b"))
+    assert sorted(os.listdir(tmp_path)) == ["b", "c"]
+    assert (tmp_path / "b").read_bytes() == b"a"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -26,6 +25,7 @@ from typing import Any
 
 from .. import progress as progress_mod
 from ..errors import Busy, Cancelled, Failed, InvalidArgument, NoSpace, NotFound
+from ..system.libc import libc_function
 
 CHUNK = 1024 * 1024
 # One BLKZEROOUT / fallocate call covers at most this much: cancel and progress are
@@ -94,20 +94,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     """pwrite until every byte of ``data`` is written at ``offset``."""
     _pwrite_all(fd, memoryview(data), offset)
-
-
-@functools.cache
-def libc_function(name: str, *argtypes: Any) -> Any:
-    """The C library's ``name`` with these argument types (int result, errno kept for
-    ctypes.get_errno); None where it is missing."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = getattr(libc, name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = list(argtypes)
-    fn.restype = ctypes.c_int
-    return fn
 
 
 def _libc_fallocate() -> Any:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -45,6 +44,7 @@ from ..errors import (
 from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
+from ..system.libc import libc_function
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
 from . import block_io, dirsync, transfer, unnamed
 from .block_io import cancellable
@@ -174,11 +174,8 @@ _RENAME_NOREPLACE = 1
 
 def _rename_noreplace(src: str, dst: str) -> None:
     """renameat2(RENAME_NOREPLACE); a plain check-then-rename where that is missing."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        renameat2 = None
+    renameat2 = libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                              ctypes.c_char_p, ctypes.c_uint)
     if renameat2 is not None:
         rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
                        _RENAME_NOREPLACE)

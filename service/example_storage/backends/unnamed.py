@@ -15,7 +15,7 @@ import errno
 import os
 from typing import Any
 
-from .block_io import libc_function
+from ..system.libc import libc_function
 
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000

@@ -15,16 +15,14 @@ one: then each file needs its own fsync, and the directory its own). Anything el
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+
+from .libc import libc_function
 
 XFS_SUPER_MAGIC = 0x58465342
 EXT4_SUPER_MAGIC = 0xEF53          # ext2, ext3 and ext4 alike
 JBD2_DIR = "/proc/fs/jbd2"         # one entry per mounted journal: "<device>-<inode>"
 SYS_DEV_BLOCK = "/sys/dev/block"
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
 
 class _StatFs(ctypes.Structure):
     # struct statfs on Linux (64-bit and 32-bit with LFS alike: f_type leads)
@@ -33,8 +31,9 @@ class _StatFs(ctypes.Structure):
 
 def filesystem_magic(fd: int) -> int | None:
     """The f_type of the filesystem holding ``fd`` (fstatfs), None if it cannot be read."""
+    fstatfs = libc_function("fstatfs", ctypes.c_int, ctypes.POINTER(_StatFs))
     buf = _StatFs()
-    if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+    if fstatfs is None or fstatfs(fd, ctypes.byref(buf)) != 0:
         return None
     return buf.f_type & 0xFFFFFFFF
 
