@@ -269,3 +269,13 @@ def test_the_librarys_signature_cache_is_bounded(monkeypatch):
         assert tree.signature == "(" + "u" * width + ")"
     assert len(SignatureTree._cache) <= bus.MAX_SIGNATURE_TREES
     assert SignatureTree._get("s") is SignatureTree._get("s")      # still a cache
+
+
+def test_a_variant_of_more_than_one_type_is_refused():
+    """A variant's signature must be one complete type, also once its parts are known."""
+    codec = wire.Codec(Variant, getattr(bus, "_unchecked_variant", Variant))
+    good = bytes(Marshaller("v", [Variant("s", "x")]).marshall())
+    assert codec.unmarshal_body("v", good, 0, len(good))[0].value == "x"
+    bad = b"\x02ss\x00" + b"\x01\x00\x00\x00x\x00\x00\x00" + b"\x01\x00\x00\x00y\x00"
+    with pytest.raises(wire.WireError):
+        codec.unmarshal_body("v", bad, 0, len(bad))

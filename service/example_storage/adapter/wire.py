@@ -290,13 +290,16 @@ class Codec:
         if c == "g":
             return _read_signature
         if c == "v":
-            reader, make = self.reader, self.make_variant
+            readers, reader, make = self._readers, self.reader, self.make_variant
 
             def read_variant(data: bytes, o: int) -> tuple[Any, int]:
                 sig, o = _read_signature(data, o)
-                if len(split_signature(sig)) != 1:
-                    raise WireError(f"variant signature {sig!r} is not one complete type")
-                value, o = reader(sig)(data, o)
+                read = readers.get(sig)      # only ever holds single complete types
+                if read is None:
+                    if len(split_signature(sig)) != 1:
+                        raise WireError(f"variant signature {sig!r} is not one complete type")
+                    read = reader(sig)
+                value, o = read(data, o)
                 return make(sig, value), o
             return read_variant
         if c == "(":
