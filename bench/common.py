@@ -1,17 +1,18 @@
-"""Timing helpers shared by both sides of the bench: one dbus-next client, bounded
-concurrency, percentiles."""
+"""What both sides of the bench share: the client (dbus-fast or dbus-next, one for both
+services), bounded concurrency, timing, percentiles."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from dbus_next import Message, MessageType
-from dbus_next.aio import MessageBus
-from dbus_next.errors import DBusError
+CLIENT_LIBRARIES = ("dbus-fast", "dbus-next")
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 PEER = "org.freedesktop.DBus.Peer"
@@ -28,23 +29,66 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-class Client:
-    """A dbus-next connection calling one destination; replies are returned as dbus-next
-    gives them (Variants are not unwrapped: the same client-side work for both services)."""
+@dataclass(frozen=True)
+class ClientLibrary:
+    """The bench's client side: dbus-fast (compiled) or dbus-next (pure Python); the two
+    share an API (dbus-fast began as a fork of dbus-next)."""
 
-    def __init__(self, bus: MessageBus, destination: str) -> None:
+    name: str
+    message: Any          # the Message class
+    message_type: Any     # the MessageType enum
+    message_bus: Any      # the asyncio MessageBus class
+    error: Any            # the DBusError class
+
+    async def connect(self, address: str, destination: str) -> Client:
+        bus = await asyncio.wait_for(self.message_bus(bus_address=address).connect(), 10)
+        return Client(self, bus, destination)
+
+
+def client_library(name: str) -> ClientLibrary:
+    """``name`` is "dbus-fast" or "dbus-next"; ImportError when it is not installed."""
+    if name not in CLIENT_LIBRARIES:
+        raise ValueError(f"unknown client library {name!r}")
+    package = name.replace("-", "_")
+    top = importlib.import_module(package)
+    return ClientLibrary(name, top.Message, top.MessageType,
+                         importlib.import_module(f"{package}.aio").MessageBus,
+                         importlib.import_module(f"{package}.errors").DBusError)
+
+
+def default_client_library() -> str:
+    """dbus-fast when it is installed (its message code is compiled: the client costs each
+    call less than the services measured), else dbus-next."""
+    return "dbus-fast" if importlib.util.find_spec("dbus_fast") else "dbus-next"
+
+
+def other_client_library(name: str) -> str | None:
+    """The other client library, when it is installed."""
+    other = next(lib for lib in CLIENT_LIBRARIES if lib != name)
+    return other if importlib.util.find_spec(other.replace("-", "_")) else None
+
+
+class Client:
+    """A connection calling one destination; replies are returned as the library gives
+    them (Variants are not unwrapped: the same client-side work for both services)."""
+
+    def __init__(self, lib: ClientLibrary, bus: Any, destination: str) -> None:
+        self.lib = lib
         self.bus = bus
         self.destination = destination
 
+    def disconnect(self) -> None:
+        self.bus.disconnect()
+
     async def call(self, path: str, interface: str, member: str, signature: str = "",
                    body: Sequence[Any] = (), timeout: float = 120) -> list[Any]:
-        msg = Message(destination=self.destination, path=path, interface=interface,
-                      member=member, signature=signature, body=list(body))
+        msg = self.lib.message(destination=self.destination, path=path, interface=interface,
+                               member=member, signature=signature, body=list(body))
         reply = await asyncio.wait_for(self.bus.call(msg), timeout)
         assert reply is not None
-        if reply.message_type == MessageType.ERROR:
+        if reply.message_type == self.lib.message_type.ERROR:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            raise DBusError(reply.error_name, text, reply)
+            raise self.lib.error(reply.error_name, text, reply)
         return reply.body
 
     async def get(self, path: str, interface: str, name: str) -> Any:

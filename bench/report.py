@@ -20,6 +20,7 @@ class Row:
     target: str = ""
     # (ours, libvirt) -> True/False/None (None: cannot tell); ``ours`` is the whole Results
     check: Callable[[Results, Results | None], bool | None] | None = None
+    compared: bool = True   # print the ratio to libvirt-dbus (not for the bench's own cost)
 
 
 def _value(results: Results | None, key: str) -> float | None:
@@ -52,13 +53,17 @@ def _at_most(key: str, limit: float):
     return check
 
 
-def rows(cfg: Config) -> list[Row]:
+def rows(cfg: Config, other_client: str = "") -> list[Row]:
     clone = f"clone {cfg.clone_capacity >> 20} MiB vol, {cfg.clone_data >> 20} MiB data"
     return [
         Row("create_rate", f"create {cfg.volumes} raw {cfg.volume_size >> 20} MiB volumes",
             "vol/s", HIGHER, ">= 2x libvirt-dbus", _ratio_check("create_rate", 2, HIGHER)),
         Row("delete_rate", f"delete those {cfg.volumes} volumes", "vol/s", HIGHER,
             ">= 2x libvirt-dbus", _ratio_check("delete_rate", 2, HIGHER)),
+        Row("client_cpu_create", "  the bench client's CPU per create call", "us", LOWER,
+            compared=False),
+        Row("client_cpu_delete", "  the bench client's CPU per delete call", "us", LOWER,
+            compared=False),
         Row("get_median", "Properties.Get(Name) of a volume, median", "us", LOWER,
             "<= 1.3x Ping (median)", _get_vs_ping),
         Row("get_p99", "Properties.Get(Name), p99", "us", LOWER),
@@ -70,8 +75,8 @@ def rows(cfg: Config) -> list[Row]:
         Row("refresh_big", f"Refresh that pool ({cfg.big} volumes)", "ms", LOWER),
         Row("list_big", f"list {cfg.big} volumes + properties", "ms", LOWER,
             "<= 300 ms", _at_most("list_big", 0.300)),
-        Row("list_big_fast_client", "  ours, the same GetManagedObjects, dbus-fast client",
-            "ms", LOWER),
+        Row("list_big_other_client", f"  the same listing, {other_client} client", "ms",
+            LOWER),
         Row("list_big_info", f"  libvirt: + GetInfo per volume ({cfg.big})", "ms", LOWER),
         Row("rss_big", f"service RSS after listing {cfg.big} volumes", "MiB", LOWER),
         Row("clone_ext4", f"{clone}, ext4", "s", LOWER, ">= 5x faster than libvirt",
@@ -121,8 +126,9 @@ def ratio(ours: object, theirs: object, better: str) -> str:
 
 
 def render(cfg: Config, results: dict[str, Results], libraries: list[str],
-           libvirt: Results | None) -> str:
-    """The table as text. ``results`` maps a D-Bus library name to our figures."""
+           libvirt: Results | None, other_client: str = "") -> str:
+    """The table as text. ``results`` maps a D-Bus library name to our figures;
+    ``other_client`` names the client library of the second big listing."""
     cols = [f"ours/{lib}" for lib in libraries] + (["libvirt-dbus"] if libvirt else [])
     width_label = 52
     head = f"{'figure':<{width_label}}" + "".join(f"{c:>15}" for c in cols)
@@ -131,7 +137,7 @@ def render(cfg: Config, results: dict[str, Results], libraries: list[str],
     head += "   target"
     lines = [head, "-" * len(head)]
     failures = []
-    for row in rows(cfg):
+    for row in rows(cfg, other_client):
         values = [results[lib].get(row.key) for lib in libraries]
         theirs = libvirt.get(row.key) if libvirt else None
         if all(v is None for v in values) and theirs is None:
@@ -140,7 +146,8 @@ def render(cfg: Config, results: dict[str, Results], libraries: list[str],
         line += "".join(f"{fmt(v, row.unit):>15}" for v in values)
         if libvirt:
             line += f"{fmt(theirs, row.unit) if row.key in libvirt else 'n/a':>15}"
-            line += "".join(f"{ratio(v, theirs, row.better):>13}" for v in values)
+            line += "".join(f"{ratio(v, theirs, row.better) if row.compared else '':>13}"
+                            for v in values)
         if row.target:
             verdicts = []
             for lib in libraries:

@@ -1,6 +1,7 @@
 """The bench: the same workloads against org.example.Storage and libvirt-dbus, one run.
 
-    scripts/bench [--quick] [--no-libvirt] [--libraries dbus-next,dbus-fast] [--json FILE]
+    scripts/bench [--quick] [--no-libvirt] [--libraries dbus-next,dbus-fast]
+                  [--client dbus-fast|dbus-next] [--json FILE]
 
 Needs root (loop devices, mounts, the daemons). See bench/README.md for what is measured.
 """
@@ -32,7 +33,15 @@ from tests.harness.bus import PrivateBus  # noqa: E402
 
 from . import libvirt_peer as lp  # noqa: E402
 from . import uevent_latency  # noqa: E402
-from .common import Client, median  # noqa: E402
+from .common import (  # noqa: E402
+    CLIENT_LIBRARIES,
+    Client,
+    ClientLibrary,
+    client_library,
+    default_client_library,
+    median,
+    other_client_library,
+)
 from .fixtures import Filesystems, sparse_files  # noqa: E402
 from .ours import NAME, BenchDaemon, timed_start  # noqa: E402
 from .report import render  # noqa: E402
@@ -53,32 +62,45 @@ LIBRARIES = ("dbus-next", "dbus-fast")
 
 
 async def connect(address: str) -> MessageBus:
+    """The bench's control connection (dbus-next: name watching, uevent signals)."""
     return await asyncio.wait_for(MessageBus(bus_address=address).connect(), 10)
 
 
-async def fast_connect(address: str):
-    """A dbus-fast client connection (None when dbus-fast is not installed)."""
-    try:
-        from dbus_fast.aio import MessageBus as FastBus
-    except ImportError:
-        return None
-    return await asyncio.wait_for(FastBus(bus_address=address).connect(), 10)
+class Clients:
+    """The workloads' client connections to one service: the chosen library's, and one of
+    the other library (when installed) for the big listing again."""
+
+    def __init__(self, libs: tuple[ClientLibrary, ClientLibrary | None]) -> None:
+        self.libs = libs
+        self.main: Client | None = None
+        self.other: Client | None = None
+
+    async def connect(self, address: str, destination: str) -> Client:
+        main_lib, other_lib = self.libs
+        self.main = await main_lib.connect(address, destination)
+        if other_lib is not None:
+            self.other = await other_lib.connect(address, destination)
+        return self.main
+
+    def close(self) -> None:
+        for c in (self.main, self.other):
+            if c is not None:
+                c.disconnect()
+        self.main = self.other = None
 
 
 # -- libvirt-dbus --------------------------------------------------------------------------
 
 async def libvirt_run(install: lp.Install, bus: PrivateBus, cfg: Config, tmp: Path,
-                      fs: Filesystems, big_dir: Path) -> Results:
+                      fs: Filesystems, big_dir: Path, clients: Clients) -> Results:
     daemon = lp.Libvirtd(install, tmp / "libvirt-state", bus.env())
     dbus = lp.LibvirtDbus(daemon)
-    client = None
     r: Results = {}
     try:
         log("libvirt: starting libvirtd (storage + qemu drivers) and libvirt-dbus")
         daemon.start()
         dbus.start()
-        client = await connect(bus.address)
-        side = LibvirtSide(Client(client, lp.DBUS_NAME))
+        side = LibvirtSide(await clients.connect(bus.address, lp.DBUS_NAME))
 
         def rss() -> int:
             a = lp.rss_kib(daemon.pid).get("VmRSS", 0)
@@ -87,10 +109,9 @@ async def libvirt_run(install: lp.Install, bus: PrivateBus, cfg: Config, tmp: Pa
             return a + b
 
         r.update(await run_side(side, cfg, tmp / "libvirt", big_dir, dict(fs.mounts),
-                                Hooks(rss)))
+                                Hooks(rss, other_client=clients.other)))
     finally:
-        if client is not None:
-            client.disconnect()
+        clients.close()
         dbus.stop()
         daemon.stop()
     await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
@@ -165,15 +186,15 @@ def crash_reason(daemon: BenchDaemon) -> str:
 
 
 async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Filesystems,
-                   big_dir: Path) -> Results:
+                   big_dir: Path, clients: Clients) -> Results:
     daemon = BenchDaemon(bus, tmp / f"ours-{library}", library)
-    client = fast_client = None
+    client = None
     r: Results = {}
     try:
         log(f"ours/{library}: starting the daemon")
         await asyncio.to_thread(daemon.start, 60)
         client = await connect(bus.address)
-        side = OurSide(Client(client, NAME))
+        side = OurSide(await clients.connect(bus.address, NAME))
         notes: list[str] = []
 
         async def revive() -> None:
@@ -188,23 +209,7 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
         def explain() -> str | None:
             return crash_reason(daemon) if not daemon.running or lost_bus(daemon) else None
 
-        fast_client = await fast_connect(bus.address)
-
-        async def fast_listing(pool: str) -> float:
-            """GetManagedObjects decoded by dbus-fast instead: the client's share of the
-            listing time (``None`` when dbus-fast is not installed)."""
-            from dbus_fast import Message as FastMessage
-            t0 = time.perf_counter()
-            reply = await asyncio.wait_for(fast_client.call(FastMessage(
-                destination=NAME, path=OurSide.MANAGER_PATH, interface=OurSide.OBJECT_MANAGER,
-                member="GetManagedObjects")), 600)
-            secs = time.perf_counter() - t0
-            count = sum(1 for p in reply.body[0] if p.startswith(pool + "/volumes/"))
-            if count != cfg.big:
-                raise AssertionError(f"dbus-fast client: {count} volumes, not {cfg.big}")
-            return secs
-
-        hooks = Hooks(daemon.rss, revive, explain, fast_listing if fast_client else None)
+        hooks = Hooks(daemon.rss, revive, explain, clients.other)
         r.update(await run_side(side, cfg, tmp / f"ours-{library}-pools", big_dir,
                                 {k: v / library for k, v in fs.mounts.items()}, hooks))
 
@@ -226,12 +231,13 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
             d = BenchDaemon(bus, tmp / f"ours-{library}-startup", library)
             try:
                 r["startup_empty"] = await timed_start(d, client)
-                pool = await OurSide(Client(client, NAME)).define_autostart_pool("many", big_dir)
+                control = OurSide(Client(client_library("dbus-next"), client, NAME))
+                pool = await control.define_autostart_pool("many", big_dir)
                 d.stop()
                 times, rss = [], 0
                 for _ in range(cfg.startup_reps):
                     times.append(await timed_start(d, client))
-                    count = await OurSide(Client(client, NAME)).volume_count(pool)
+                    count = await control.volume_count(pool)
                     if count != cfg.big:
                         raise AssertionError(f"{count} volumes after start-up, not {cfg.big}")
                     rss = d.rss()
@@ -246,8 +252,7 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
     finally:
         if client is not None:
             client.disconnect()
-        if fast_client is not None:
-            fast_client.disconnect()
+        clients.close()
         daemon.stop()
     return r
 
@@ -276,8 +281,8 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
         f"kernel {platform.release()}",
         f"  {versions(install)}",
-        "  one private dbus-daemon; clients: dbus-next in this process for both services "
-        "(the same code);",
+        f"  one private dbus-daemon; client: {args.client} in this process, the same code "
+        "for both services;",
         f"  create/delete: median of {cfg.create_reps} rounds, in a dir pool on the ext4 below; "
         f"create/delete/GetAll: {cfg.inflight} calls in flight; Get/Ping: sequential round "
         f"trips, interleaved, {cfg.latency_calls} each (after 50 warm-up);",
@@ -291,8 +296,8 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
         "services then load as a dir pool (pool start + Refresh), not created through the API",
         f"  listing, ours: {OurSide.listing_method}",
         f"  listing, libvirt-dbus: {LibvirtSide.listing_method}, {cfg.inflight} in flight",
-        "  (\"ours, dbus-fast client\": the same GetManagedObjects decoded by a dbus-fast "
-        "client: how much of the listing is the client's)",
+        "  (\"the same listing, <library> client\": the big listing again with the other "
+        "client library: how much of the listing is the client's)",
         "  libvirt: libvirtd (storage + qemu drivers: libvirt-dbus opens qemu:///system) in a "
         "private mount namespace, auth none on its socket; start-up and its RSS with the "
         "storage driver only",
@@ -308,6 +313,13 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
 
 async def main_async(args: argparse.Namespace) -> int:
     cfg = QUICK if args.quick else Config()
+    try:
+        main_lib = client_library(args.client)
+    except (ValueError, ImportError) as e:
+        print(f"client library {args.client!r}: {e}", file=sys.stderr)
+        return 2
+    other_name = other_client_library(args.client)
+    libs = (main_lib, client_library(other_name) if other_name else None)
     libraries = [lib.strip() for lib in args.libraries.split(",") if lib.strip()]
     for lib in libraries:
         if lib not in LIBRARIES:
@@ -338,12 +350,12 @@ async def main_async(args: argparse.Namespace) -> int:
         sparse_files(big_dir, cfg.big, cfg.volume_size)
         if install is not None:
             try:
-                theirs = await libvirt_run(install, bus, cfg, tmp, fs, big_dir)
+                theirs = await libvirt_run(install, bus, cfg, tmp, fs, big_dir, Clients(libs))
             except lp.PeerUnavailable as e:   # report it, measure our side anyway
                 log(f"libvirt side failed: {e}")
                 theirs = {"startup_empty": Failure(f"libvirt did not run: {e}"[:300])}
         for lib in libraries:
-            ours[lib] = await ours_run(lib, bus, cfg, tmp, fs, big_dir)
+            ours[lib] = await ours_run(lib, bus, cfg, tmp, fs, big_dir, Clients(libs))
     finally:
         if fs is not None:
             fs.close()
@@ -354,7 +366,7 @@ async def main_async(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(header(cfg, args, install))
     print()
-    print(render(cfg, ours, libraries, theirs))
+    print(render(cfg, ours, libraries, theirs, other_name or ""))
     if theirs and isinstance(theirs.get("rss_big_detail"), str):
         print(f"\n(libvirt RSS after listing: {theirs['rss_big_detail']})")
     for lib, res in ours.items():
@@ -380,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libraries", default=",".join(LIBRARIES),
                         help="our daemon's D-Bus libraries, comma separated "
                         "(default: %(default)s)")
+    parser.add_argument("--client", choices=CLIENT_LIBRARIES, default=default_client_library(),
+                        help="the bench's client library, the same for every service "
+                        "(default: %(default)s); the big listing is also timed with the other")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--tmpdir", default="/tmp", help="where the temp dir goes")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

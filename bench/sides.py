@@ -1,4 +1,4 @@
-"""The same operations on both services, over the same dbus-next client code.
+"""The same operations on both services, over the same client code (bench/common.py).
 
 ``OurSide``: org.example.Storage (Manager.CreatePool, Pool.CreateVolume / CreateVolumeFrom /
 Refresh, Volume.Delete, ObjectManager.GetManagedObjects).
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from dbus_next import Variant
 
 from .common import Client, bounded
 
@@ -95,10 +93,6 @@ class OurSide:
     async def volume_count(self, pool: str) -> int:
         (vols,) = await self.c.call(pool, self.POOL, "ListVolumes", "a{sv}", [{}], timeout=600)
         return len(vols)
-
-    @staticmethod
-    def variant(sig: str, value: Any) -> Variant:
-        return Variant(sig, value)
 
 
 class LibvirtSide:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import bounded, latencies, median, percentile, timed
+from .common import Client, bounded, latencies, median, percentile, timed
 from .fixtures import fill_data, same_data
 from .sides import VIR_STORAGE_VOL_CREATE_REFLINK, LibvirtSide
 
@@ -66,8 +66,8 @@ class Hooks:
     rss: Callable[[], int]                                  # the service's RSS, KiB
     revive: Callable[[], Awaitable[None]] = _nothing        # restart it if it died
     explain: Callable[[], str | None] = lambda: None        # why it died, if it did
-    # the big listing again with another client: (pool) -> seconds (ours: a dbus-fast client)
-    other_client_listing: Callable[[str], Awaitable[float]] | None = None
+    # a second connection, of the other client library: the big listing again with it
+    other_client: Client | None = None
 
 
 _T0 = time.monotonic()
@@ -111,12 +111,14 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
     async def create_delete_get_list() -> None:
         pool = await side.create_pool("bench", pool_dir)
         state["pool"] = pool
-        creates, deletes = [], []
+        creates, deletes, create_cpu, delete_cpu = [], [], [], []
         for rep in range(cfg.create_reps):
             names = [f"r{rep}v{i:05d}.img" for i in range(cfg.volumes)]
             await asyncio.to_thread(settle, pool_dir)
+            cpu = time.process_time()
             secs, vols = await timed(bounded(
                 names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
+            create_cpu.append((time.process_time() - cpu) / cfg.volumes)
             creates.append(cfg.volumes / secs)
             files = list(pool_dir.iterdir())
             if len(files) != cfg.volumes:
@@ -125,7 +127,9 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
             if rep == 0:
                 await list_and_get(pool, vols)
             await asyncio.to_thread(settle, pool_dir)
+            cpu = time.process_time()
             secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
+            delete_cpu.append((time.process_time() - cpu) / cfg.volumes)
             deletes.append(cfg.volumes / secs)
             state["vols"] = []
             left = list(pool_dir.iterdir())
@@ -133,6 +137,8 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
                 raise AssertionError(f"{len(left)} files left after deleting every volume")
         r["create_rate"], r["delete_rate"] = median(creates), median(deletes)
         r["create_rates"], r["delete_rates"] = creates, deletes
+        # the bench process's own CPU (the client) per call, seconds
+        r["client_cpu_create"], r["client_cpu_delete"] = median(create_cpu), median(delete_cpu)
 
     async def list_and_get(pool: str, vols: list[str]) -> None:
         times = []
@@ -156,7 +162,8 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
         r["ping_median"], r["ping_p99"] = median(lat["ping"]), percentile(lat["ping"], 99)
 
     await guarded(r, ("create_rate", "list_small", "get_median", "get_p99", "ping_median",
-                      "ping_p99", "delete_rate") + (("list_small_info",) if is_libvirt else ()),
+                      "ping_p99", "delete_rate", "client_cpu_create", "client_cpu_delete")
+                  + (("list_small_info",) if is_libvirt else ()),
                   f"{side.label}: create/list/get/delete {cfg.volumes} volumes",
                   create_delete_get_list, hooks)
     if "pool" in state:
@@ -175,16 +182,23 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
                 raise AssertionError(f"listed {count} volumes, expected {cfg.big}")
             times.append(secs)
         r["list_big"] = median(times)
-        if hooks.other_client_listing is not None:
-            r["list_big_fast_client"] = median(
-                [await hooks.other_client_listing(pool) for _ in range(cfg.big_list_reps)])
+        if hooks.other_client is not None:
+            other = type(side)(hooks.other_client)
+            times = []
+            for _ in range(cfg.big_list_reps):
+                secs, count = await timed(other.list_all(pool, cfg.inflight))
+                if count != cfg.big:
+                    raise AssertionError(f"{hooks.other_client.lib.name} client: listed "
+                                         f"{count} volumes, expected {cfg.big}")
+                times.append(secs)
+            r["list_big_other_client"] = median(times)
         if is_libvirt:
             secs, _count = await timed(side.list_all(pool, cfg.inflight, info=True))
             r["list_big_info"] = secs
         r["rss_big"] = hooks.rss()
 
     await guarded(r, ("big_pool_start", "refresh_big", "list_big", "rss_big")
-                  + (("list_big_fast_client",) if hooks.other_client_listing else ())
+                  + (("list_big_other_client",) if hooks.other_client else ())
                   + (("list_big_info",) if is_libvirt else ()),
                   f"{side.label}: list {cfg.big} volumes", big_listing, hooks)
     if "big" in state:

@@ -22,7 +22,7 @@ FIGURES = (
     "create_rate", "delete_rate", "get_median", "get_p99", "ping_median", "ping_p99",
     "list_small", "big_pool_start", "refresh_big", "list_big", "rss_big", "clone_ext4",
     "clone_xfs", "uevent_median", "uevent_p95", "startup_empty", "startup_big",
-    "rss_startup_big",
+    "rss_startup_big", "list_big_other_client",
 )
 
 
@@ -46,6 +46,10 @@ def test_quick_bench_of_our_side(tmp_path):
     assert figures["create_rate"] > 0 and figures["list_big"] > 0
     # the printed table names every figure with our column and the targets
     assert "ours/dbus-next" in res.stdout and "<= 300 ms" in res.stdout
+    # the client is dbus-fast (compiled) by default; the big listing is also timed with
+    # the other client library
+    assert "client: dbus-fast" in res.stdout
+    assert "the same listing, dbus-next client" in res.stdout
     assert "libvirt-dbus" not in res.stdout.split("figure", 1)[1].splitlines()[0]
     # nothing left behind: the bench's temp dir is removed, its loop devices detached
     assert [p.name for p in tmp_path.iterdir()] == ["figures.json"]
