@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 ProgressCallback = Callable[[int, int], None]
+
+# A worker thread wakes the event loop with a report at most this often (a copy reports
+# every chunk; jobs announce at most every 0.25 s anyway). The last report (done >= total)
+# always goes through.
+FORWARD_INTERVAL = 0.05
 
 _current: ContextVar[ProgressCallback | None] = ContextVar("storage_progress", default=None)
 
@@ -27,17 +33,30 @@ def reporter() -> ProgressCallback:
     target = _current.get()
     if target is None:
         return _ignore
+    return on_loop(target)
+
+
+def on_loop(target: ProgressCallback) -> ProgressCallback:
+    """A callback for any thread that runs ``target`` on the running event loop: at once
+    when called there, else through the loop, at most every FORWARD_INTERVAL (and always
+    for a report of done >= total)."""
     loop = asyncio.get_running_loop()
+    last = -FORWARD_INTERVAL
 
     def report(done: int, total: int) -> None:
+        nonlocal last
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
             target(done, total)
-        else:
-            loop.call_soon_threadsafe(target, done, total)
+            return
+        now = time.monotonic()
+        if done < total and now - last < FORWARD_INTERVAL:
+            return
+        last = now
+        loop.call_soon_threadsafe(target, done, total)
 
     return report
 

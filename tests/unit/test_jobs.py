@@ -69,6 +69,29 @@ async def test_progress_is_throttled_and_measured():
     assert job.bytes_done == total and job.progress == 1.0
 
 
+async def test_a_worker_thread_wakes_the_loop_at_most_every_forward_interval():
+    """A copy reports every chunk from its thread; the loop is woken for few of them, and
+    the last report (done == total) always arrives."""
+    seen: list[tuple[int, int]] = []
+    report = progress.on_loop(lambda done, total: seen.append((done, total)))
+    total = 1000
+
+    def chunks() -> None:
+        for done in range(1, total + 1):
+            report(done, total)
+
+    t0 = time.monotonic()
+    await asyncio.to_thread(chunks)
+    elapsed = time.monotonic() - t0
+    await asyncio.sleep(0.05)       # let the forwarded reports run
+    assert seen[0] == (1, total) and seen[-1] == (total, total)
+    assert len(seen) <= 2 + elapsed / progress.FORWARD_INTERVAL
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # on the loop itself: every report, at once
+    report(5, total)
+    assert seen[-1] == (5, total)
+
+
 async def test_no_reports_outside_a_job():
     report = progress.reporter()
     report(1, 2)    # a no-op, no error

@@ -214,13 +214,8 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, progress: Progress | No
     """Run ``fn(*args, cancel=Event, progress=cb, **kwargs)`` in a thread; cancelling the
     awaiting task sets the event and waits for the thread to stop (so cleanup can
     follow). ``progress`` (default: the running job's reporter) is called on the loop."""
-    loop = asyncio.get_running_loop()
     target = progress if progress is not None else progress_mod.reporter()
-
-    def report(done: int, total: int) -> None:
-        loop.call_soon_threadsafe(target, done, total)
-
-    return await cancellable(fn, *args, progress=report, **kwargs)
+    return await cancellable(fn, *args, progress=progress_mod.on_loop(target), **kwargs)
 
 
 # -- reading volumes -----------------------------------------------------------
