@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
+import errno
 import logging
 import os
 import select
 import struct
 from collections.abc import Callable
+
+from .libc import libc_function
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,11 @@ IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")   # wd, mask, cookie, len
 
 
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+def _inotify(name: str, *argtypes: object):
+    fn = libc_function(name, *argtypes)
+    if fn is None:
+        raise OSError(errno.ENOSYS, f"the C library has no {name}")
+    return fn
 
 
 class NodeWatcher:
@@ -39,8 +44,10 @@ class NodeWatcher:
 
     def __init__(self, callback: Callable[[str], None]) -> None:
         self.callback = callback
-        self._libc = _libc()
-        self._fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        self._add_watch = _inotify("inotify_add_watch", ctypes.c_int, ctypes.c_char_p,
+                                   ctypes.c_uint32)
+        self._rm_watch = _inotify("inotify_rm_watch", ctypes.c_int, ctypes.c_int)
+        self._fd = _inotify("inotify_init1", ctypes.c_int)(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
@@ -63,7 +70,7 @@ class NodeWatcher:
     def watch(self, name: str, node: str) -> None:
         if name in self._by_name or self._fd < 0:
             return
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(node), IN_CLOSE_WRITE)
+        wd = self._add_watch(self._fd, os.fsencode(node), IN_CLOSE_WRITE)
         if wd < 0:
             log.debug("cannot watch %s: %s", node, os.strerror(ctypes.get_errno()))
             return
@@ -77,7 +84,7 @@ class NodeWatcher:
             return
         self._by_wd.pop(wd, None)
         if self._fd >= 0:
-            self._libc.inotify_rm_watch(self._fd, wd)
+            self._rm_watch(self._fd, wd)
 
     def watched(self) -> set[str]:
         return set(self._by_name)

@@ -26,7 +26,6 @@ lines: ``{"progress": [done, total]}`` while working (at most ~10 a second), the
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
@@ -38,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 from .iscsi_probe import PASSWORD_ENV, _Probe, login
+from .libc import libc_function
 
 CHUNK = 1024 * 1024                 # bytes per READ/WRITE 16
 WRITE_SAME_BYTES = 32 * 1024 * 1024  # bytes per WRITE SAME 16 (progress and cancel points)
@@ -206,11 +206,9 @@ class SparseSink:
         self.base = os.lseek(fd, 0, os.SEEK_CUR)
         self.old_size = os.fstat(fd).st_size
         self.pos = 0
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        self._fallocate = ctypes.CDLL(libc_name, use_errno=True).fallocate
-        self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                                    ctypes.c_int64]
-        self._can_punch = True
+        self._fallocate = libc_function("fallocate", ctypes.c_int, ctypes.c_int,
+                                        ctypes.c_int64, ctypes.c_int64)
+        self._can_punch = self._fallocate is not None
 
     def _punch(self, start: int, length: int) -> bool:
         if not self._can_punch:
