@@ -89,13 +89,13 @@ async def test_a_process_that_may_not_link_unnamed_files_uses_a_temp_name(tmp_pa
     creates go there at once."""
     calls = []
 
-    def refusing_linkat(fd, empty, at, path, flags):
+    def refusing_linkat(name, argtypes, *args, path=None):
+        assert name == "linkat"
         calls.append(path)
-        return -1
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
     monkeypatch.setattr(unnamed, "_usable", True)
-    monkeypatch.setattr(unnamed, "_libc_linkat", lambda: refusing_linkat)
-    monkeypatch.setattr(unnamed.ctypes, "get_errno", lambda: errno.ENOENT)
+    monkeypatch.setattr(unnamed, "libc_call", refusing_linkat)
     first = await fv.create_volume(str(tmp_path), VolumeDefinition("a", capacity=MiB),
                                    on_loop=True)
     second = await fv.create_volume(str(tmp_path), VolumeDefinition("b", capacity=MiB),

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import progress as progress_mod
 from ..errors import Busy, Cancelled, Failed, InvalidArgument, NoSpace, NotFound
-from ..system.libc import libc_function
+from ..system.libc import FALLOCATE_ARGS, libc_call, libc_function
 
 CHUNK = 1024 * 1024
 # One BLKZEROOUT / fallocate call covers at most this much: cancel and progress are
@@ -96,19 +96,9 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
     _pwrite_all(fd, memoryview(data), offset)
 
 
-def _libc_fallocate() -> Any:
-    return libc_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                         ctypes.c_int64)
-
-
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with a mode (Python's os module only has posix_fallocate)."""
-    fn = _libc_fallocate()
-    if fn is None:
-        raise OSError(errno.ENOSYS, "fallocate is not available")
-    if fn(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    libc_call("fallocate", FALLOCATE_ARGS, fd, mode, offset, length)
 
 
 SYNC_FILE_RANGE_WRITE = 2

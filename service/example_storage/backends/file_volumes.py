@@ -44,7 +44,7 @@ from ..errors import (
 from ..model.definitions import BackingStore, Permissions, VolumeDefinition
 from ..model.names import validate_name
 from ..system import qemu_img
-from ..system.libc import libc_function
+from ..system.libc import libc_call
 from ..system.qemu_img import HEADER_PROBE_BYTES, QcowHeader, parse_qcow_header
 from . import block_io, dirsync, transfer, unnamed
 from .block_io import cancellable
@@ -170,20 +170,18 @@ def apply_permissions(path: str, perms: Permissions | None, default_mode: int) -
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAMEAT2_ARGS = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
     """renameat2(RENAME_NOREPLACE); a plain check-then-rename where that is missing."""
-    renameat2 = libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                              ctypes.c_char_p, ctypes.c_uint)
-    if renameat2 is not None:
-        rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                       _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), dst)
+    try:
+        libc_call("renameat2", _RENAMEAT2_ARGS, _AT_FDCWD, os.fsencode(src), _AT_FDCWD,
+                  os.fsencode(dst), _RENAME_NOREPLACE, path=dst)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
     os.rename(src, dst)

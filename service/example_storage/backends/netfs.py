@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from ..errors import (
 )
 from ..model.definitions import PoolDefinition, PoolSource, SourceHost
 from ..system import mounts
-from ..system.libc import libc_function
+from ..system.libc import libc_call
 from ..system.runner import run_command, which
 from . import file_volumes
 from .base import PoolStats, RefreshResult
@@ -200,12 +199,8 @@ MNT_DETACH = 2
 def umount2(target: str, flags: int) -> None:
     """The umount2 syscall itself: umount(8) looks at the mount point first, which hangs
     on a dead server; the kernel's own lookup of a mount point does not."""
-    fn = libc_function("umount2", ctypes.c_char_p, ctypes.c_int)
-    if fn is None:
-        raise OSError(errno.ENOSYS, "the C library has no umount2", target)
-    if fn(os.fsencode(target), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    libc_call("umount2", (ctypes.c_char_p, ctypes.c_int), os.fsencode(target), flags,
+              path=target)
 
 
 async def with_deadline(fn: Callable[..., T], *args: Any, timeout: float, what: str) -> T:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Any
 
-from ..system.libc import libc_function
+from ..system.libc import libc_call
 
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
@@ -27,9 +26,7 @@ _NO_LINK = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
 _usable = True          # False once linking an unnamed file turned out not to work here
 
 
-def _libc_linkat() -> Any:
-    return libc_function("linkat", ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                         ctypes.c_char_p, ctypes.c_int)
+_LINKAT_ARGS = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
 
 
 def open_unnamed(directory: str, mode: int) -> int | None:
@@ -50,13 +47,12 @@ def link_unnamed(fd: int, path: str) -> bool:
     (FileExistsError if ``path`` exists). False (and nothing changed) where this process
     cannot link an unnamed file: the caller makes the file again with a temp name."""
     global _usable
-    fn = _libc_linkat()
-    if fn is None:
-        _usable = False
-        return False
-    if fn(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+    try:
+        libc_call("linkat", _LINKAT_ARGS, fd, b"", _AT_FDCWD, os.fsencode(path),
+                  _AT_EMPTY_PATH, path=path)
         return True
-    err = ctypes.get_errno()
+    except OSError as exc:
+        err = exc.errno
     if err == errno.EEXIST:
         raise FileExistsError(err, os.strerror(err), path)
     if err in _NO_LINK and not os.path.lexists(os.path.dirname(path) or "."):

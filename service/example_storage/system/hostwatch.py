@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import select
 import struct
 from collections.abc import Callable
 
-from .libc import libc_function
+from .libc import libc_call
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,8 @@ IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")   # wd, mask, cookie, len
 
 
-def _inotify(name: str, *argtypes: object):
-    fn = libc_function(name, *argtypes)
-    if fn is None:
-        raise OSError(errno.ENOSYS, f"the C library has no {name}")
-    return fn
+_ADD_WATCH_ARGS = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+_RM_WATCH_ARGS = (ctypes.c_int, ctypes.c_int)
 
 
 class NodeWatcher:
@@ -44,13 +40,7 @@ class NodeWatcher:
 
     def __init__(self, callback: Callable[[str], None]) -> None:
         self.callback = callback
-        self._add_watch = _inotify("inotify_add_watch", ctypes.c_int, ctypes.c_char_p,
-                                   ctypes.c_uint32)
-        self._rm_watch = _inotify("inotify_rm_watch", ctypes.c_int, ctypes.c_int)
-        self._fd = _inotify("inotify_init1", ctypes.c_int)(IN_NONBLOCK | IN_CLOEXEC)
-        if self._fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self._fd = libc_call("inotify_init1", (ctypes.c_int,), IN_NONBLOCK | IN_CLOEXEC)
         self._by_wd: dict[int, str] = {}
         self._by_name: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,9 +60,11 @@ class NodeWatcher:
     def watch(self, name: str, node: str) -> None:
         if name in self._by_name or self._fd < 0:
             return
-        wd = self._add_watch(self._fd, os.fsencode(node), IN_CLOSE_WRITE)
-        if wd < 0:
-            log.debug("cannot watch %s: %s", node, os.strerror(ctypes.get_errno()))
+        try:
+            wd = libc_call("inotify_add_watch", _ADD_WATCH_ARGS, self._fd, os.fsencode(node),
+                           IN_CLOSE_WRITE)
+        except OSError as exc:
+            log.debug("cannot watch %s: %s", node, exc.strerror)
             return
         # inotify gives the same wd for the same inode (two names of one node)
         self._by_wd[wd] = name
@@ -84,7 +76,8 @@ class NodeWatcher:
             return
         self._by_wd.pop(wd, None)
         if self._fd >= 0:
-            self._rm_watch(self._fd, wd)
+            with contextlib.suppress(OSError):   # the node is gone: so is its watch
+                libc_call("inotify_rm_watch", _RM_WATCH_ARGS, self._fd, wd)
 
     def watched(self) -> set[str]:
         return set(self._by_name)

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from .iscsi_probe import PASSWORD_ENV, _Probe, login
-from .libc import libc_function
+from .libc import FALLOCATE_ARGS, libc_call
 
 CHUNK = 1024 * 1024                 # bytes per READ/WRITE 16
 WRITE_SAME_BYTES = 32 * 1024 * 1024  # bytes per WRITE SAME 16 (progress and cancel points)
@@ -206,18 +206,18 @@ class SparseSink:
         self.base = os.lseek(fd, 0, os.SEEK_CUR)
         self.old_size = os.fstat(fd).st_size
         self.pos = 0
-        self._fallocate = libc_function("fallocate", ctypes.c_int, ctypes.c_int,
-                                        ctypes.c_int64, ctypes.c_int64)
-        self._can_punch = self._fallocate is not None
+        self._can_punch = True
 
     def _punch(self, start: int, length: int) -> bool:
         if not self._can_punch:
             return False
         mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        if self._fallocate(self.fd, mode, start, length) == 0:
-            return True
-        self._can_punch = False
-        return False
+        try:
+            libc_call("fallocate", FALLOCATE_ARGS, self.fd, mode, start, length)
+        except OSError:
+            self._can_punch = False
+            return False
+        return True
 
     def write(self, buf: bytearray, start: int, end: int) -> None:
         view = memoryview(buf)
