@@ -103,6 +103,20 @@ class Client:
         await self.call("/", PEER, "Ping")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) of every CPU so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time the hypervisor took between two ``cpu_ticks()``."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 async def bounded(items: Sequence[Any], fn: Callable[[Any], Awaitable[Any]],
                   inflight: int) -> list[Any]:
     """``fn(item)`` for every item, at most ``inflight`` calls at a time; results in order.

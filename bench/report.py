@@ -15,7 +15,7 @@ HIGHER, LOWER = "higher", "lower"
 class Row:
     key: str
     label: str
-    unit: str            # "vol/s", "ms", "us", "s", "MiB"
+    unit: str            # "vol/s", "ms", "us", "s", "MiB", "%"
     better: str          # HIGHER or LOWER
     target: str = ""
     # (ours, libvirt) -> True/False/None (None: cannot tell); ``ours`` is the whole Results
@@ -64,6 +64,8 @@ def rows(cfg: Config, other_client: str = "") -> list[Row]:
             compared=False),
         Row("client_cpu_delete", "  the bench client's CPU per delete call", "us", LOWER,
             compared=False),
+        Row("steal_create_delete", "  CPU time taken by the hypervisor meanwhile", "%",
+            LOWER, compared=False),
         Row("get_median", "Properties.Get(Name) of a volume, median", "us", LOWER,
             "<= 1.3x Ping (median)", _get_vs_ping),
         Row("get_p99", "Properties.Get(Name), p99", "us", LOWER),
@@ -96,7 +98,7 @@ def rows(cfg: Config, other_client: str = "") -> list[Row]:
     ]
 
 
-SCALE = {"vol/s": 1, "ms": 1e3, "us": 1e6, "s": 1, "MiB": 1 / 1024}
+SCALE = {"vol/s": 1, "ms": 1e3, "us": 1e6, "s": 1, "MiB": 1 / 1024, "%": 100}
 
 
 def fmt(value: object, unit: str) -> str:

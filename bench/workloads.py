@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import Client, bounded, latencies, median, percentile, timed
+from .common import (
+    Client,
+    bounded,
+    cpu_ticks,
+    latencies,
+    median,
+    percentile,
+    stolen_share,
+    timed,
+)
 from .fixtures import fill_data, same_data
 from .sides import VIR_STORAGE_VOL_CREATE_REFLINK, LibvirtSide
 
@@ -112,6 +121,7 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
         pool = await side.create_pool("bench", pool_dir)
         state["pool"] = pool
         creates, deletes, create_cpu, delete_cpu = [], [], [], []
+        ticks = cpu_ticks()
         for rep in range(cfg.create_reps):
             names = [f"r{rep}v{i:05d}.img" for i in range(cfg.volumes)]
             await asyncio.to_thread(settle, pool_dir)
@@ -135,6 +145,7 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
             left = list(pool_dir.iterdir())
             if left:
                 raise AssertionError(f"{len(left)} files left after deleting every volume")
+        r["steal_create_delete"] = stolen_share(ticks, cpu_ticks())
         r["create_rate"], r["delete_rate"] = median(creates), median(deletes)
         r["create_rates"], r["delete_rates"] = creates, deletes
         # the bench process's own CPU (the client) per call, seconds
@@ -162,7 +173,8 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
         r["ping_median"], r["ping_p99"] = median(lat["ping"]), percentile(lat["ping"], 99)
 
     await guarded(r, ("create_rate", "list_small", "get_median", "get_p99", "ping_median",
-                      "ping_p99", "delete_rate", "client_cpu_create", "client_cpu_delete")
+                      "ping_p99", "delete_rate", "client_cpu_create", "client_cpu_delete",
+                      "steal_create_delete")
                   + (("list_small_info",) if is_libvirt else ()),
                   f"{side.label}: create/list/get/delete {cfg.volumes} volumes",
                   create_delete_get_list, hooks)

@@ -22,7 +22,7 @@ FIGURES = (
     "create_rate", "delete_rate", "get_median", "get_p99", "ping_median", "ping_p99",
     "list_small", "big_pool_start", "refresh_big", "list_big", "rss_big", "clone_ext4",
     "clone_xfs", "uevent_median", "uevent_p95", "startup_empty", "startup_big",
-    "rss_startup_big", "list_big_other_client",
+    "rss_startup_big", "list_big_other_client", "steal_create_delete",
 )
 
 
