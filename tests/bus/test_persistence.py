@@ -1,8 +1,14 @@
 """After a restart, even after kill -9, the same pools in the same states and volumes."""
 
+import asyncio
+
 import pytest
+from dbus_next import MessageType
 
 from tests.bus.helpers import POOL, dir_pool_xml, raw_volume_xml
+from tests.harness.client import call, connect
+
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
 
 async def _view(svc):
@@ -81,3 +87,39 @@ async def test_corrupt_config_file_does_not_stop_the_daemon(svc):
     pools = await svc.manager("ListPools", "a{sv}", {})
     assert pools == ["/org/example/Storage/pools/good"]
     assert "bad.xml" in svc.daemon.log()
+
+
+async def test_restored_objects_are_listed_not_announced_before_the_name(svc):
+    """A client that watches every ObjectManager signal on the bus (no sender filter)
+    across a restart: the restored volumes come in GetManagedObjects once the service owns
+    its name, not as a burst of InterfacesAdded from a name nobody knows yet; a volume
+    made after the start is announced."""
+    pool = await svc.running_dir_pool("p")
+    vols = [await svc.call(pool, POOL, "CreateVolume", "sa{sv}",
+                           raw_volume_xml(f"v{i}", "1", "MiB"), {}) for i in range(5)]
+    watcher = await connect(svc.bus.address)
+    seen: list[tuple[str, str]] = []
+
+    def on_message(msg) -> None:
+        if msg.message_type == MessageType.SIGNAL and msg.interface == OBJECT_MANAGER:
+            seen.append((msg.member, msg.body[0]))
+
+    try:
+        await call(watcher, "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                   [f"type='signal',interface='{OBJECT_MANAGER}'"],
+                   destination="org.freedesktop.DBus")
+        watcher.add_message_handler(on_message)
+        svc.daemon.stop()
+        await svc.restart()
+        listed = await svc.managed_objects()
+        assert all(POOL in listed[pool] and v in listed for v in vols)
+        assert not [s for s in seen if s[0] == "InterfacesAdded"], seen
+        new = await svc.call(pool, POOL, "CreateVolume", "sa{sv}",
+                             raw_volume_xml("after", "1", "MiB"), {})
+        for _ in range(100):
+            if ("InterfacesAdded", new) in seen:
+                break
+            await asyncio.sleep(0.05)
+        assert ("InterfacesAdded", new) in seen, seen
+    finally:
+        watcher.disconnect()

@@ -51,6 +51,7 @@ class StorageService:
         # host block devices: listen to uevents, scan them all (before taking the name)
         source = None if self.udev_source == "none" else self.udev_source
         await self.manager.devices.start(source)
+        self.objects.announcing = True     # from now on a client may know of us
         reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise Failed(f"{BUS_NAME} is owned by another process on this bus")
