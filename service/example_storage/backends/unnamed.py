@@ -24,8 +24,6 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENO
 _NO_LINK = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
 
 _usable = True          # False once linking an unnamed file turned out not to work here
-
-
 _LINKAT_ARGS = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
 
 
@@ -52,12 +50,11 @@ def link_unnamed(fd: int, path: str) -> bool:
                   _AT_EMPTY_PATH, path=path)
         return True
     except OSError as exc:
-        err = exc.errno
-    if err == errno.EEXIST:
-        raise FileExistsError(err, os.strerror(err), path)
-    if err in _NO_LINK and not os.path.lexists(os.path.dirname(path) or "."):
-        raise FileNotFoundError(err, os.strerror(err), path)
-    if err in _NO_LINK:
-        _usable = False
-        return False
-    raise OSError(err, os.strerror(err), path)
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(exc.errno, exc.strerror, path) from None
+        if exc.errno not in _NO_LINK:
+            raise
+        if not os.path.lexists(os.path.dirname(path) or "."):
+            raise FileNotFoundError(exc.errno, exc.strerror, path) from None
+    _usable = False
+    return False
