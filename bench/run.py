@@ -61,11 +61,6 @@ from .workloads import (  # noqa: E402
 LIBRARIES = ("dbus-next", "dbus-fast")
 
 
-async def connect(address: str) -> MessageBus:
-    """The bench's control connection (dbus-next: name watching, uevent signals)."""
-    return await asyncio.wait_for(MessageBus(bus_address=address).connect(), 10)
-
-
 class Clients:
     """The workloads' client connections to one service: the chosen library's, and one of
     the other library (when installed) for the big listing again."""
@@ -188,12 +183,14 @@ def crash_reason(daemon: BenchDaemon) -> str:
 async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Filesystems,
                    big_dir: Path, clients: Clients) -> Results:
     daemon = BenchDaemon(bus, tmp / f"ours-{library}", library)
-    client = None
+    control: Client | None = None
     r: Results = {}
     try:
         log(f"ours/{library}: starting the daemon")
         await asyncio.to_thread(daemon.start, 60)
-        client = await connect(bus.address)
+        # the bench's own connection (dbus-next): name watching, uevent signals, set-up
+        control = await client_library("dbus-next").connect(bus.address, NAME)
+        client = control.bus
         side = OurSide(await clients.connect(bus.address, NAME))
         notes: list[str] = []
 
@@ -231,13 +228,12 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
             d = BenchDaemon(bus, tmp / f"ours-{library}-startup", library)
             try:
                 r["startup_empty"] = await timed_start(d, client)
-                control = OurSide(Client(client_library("dbus-next"), client, NAME))
-                pool = await control.define_autostart_pool("many", big_dir)
+                pool = await OurSide(control).define_autostart_pool("many", big_dir)
                 d.stop()
                 times, rss = [], 0
                 for _ in range(cfg.startup_reps):
                     times.append(await timed_start(d, client))
-                    count = await control.volume_count(pool)
+                    count = await OurSide(control).volume_count(pool)
                     if count != cfg.big:
                         raise AssertionError(f"{count} volumes after start-up, not {cfg.big}")
                     rss = d.rss()
@@ -250,8 +246,8 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
         await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
                       f"ours/{library}: start-up", startup)
     finally:
-        if client is not None:
-            client.disconnect()
+        if control is not None:
+            control.disconnect()
         clients.close()
         daemon.stop()
     return r
