@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import socket
 import struct
 
 import pytest
@@ -149,6 +150,15 @@ def test_messages_are_written_and_read_as_the_library_does(seed):
         assert fields.get("signature", "") == theirs.signature
 
 
+def read_all(incoming, sock: socket.socket, data: bytes, step: int) -> list[Message]:
+    """Write ``data`` to ``sock`` ``step`` bytes at a time and read after each write."""
+    got = []
+    for at in range(0, len(data), step):
+        sock.sendall(data[at:at + step])
+        got += incoming.messages()
+    return got
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_the_bus_reads_incoming_messages_as_the_library_does(seed):
     rng = random.Random(2000 + seed)
@@ -160,12 +170,15 @@ def test_the_bus_reads_incoming_messages_as_the_library_does(seed):
         msg.sender = None
         stream += msg._marshall()
         sent.append(msg)
-    reader_stream = io.BytesIO(bytes(stream))
-    for msg in sent:
-        reader = bus._MessageReader(reader_stream)
-        got = reader.unmarshall()
-        assert got is not None and same_message(got, library_parse(bytes(msg._marshall())))
-    assert reader_stream.read() == b""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        # all at once, and in pieces that cut messages anywhere
+        for step in (len(stream), rng.randint(1, 64)):
+            got = read_all(bus._IncomingMessages(ours, False), theirs, bytes(stream), step)
+            assert len(got) == len(sent)
+            for msg, read in zip(sent, got, strict=True):
+                assert same_message(read, library_parse(bytes(msg._marshall())))
 
 
 def test_a_message_without_a_field_its_type_needs_is_left_to_the_library():
@@ -196,7 +209,10 @@ def test_big_endian_messages_are_left_to_the_library():
     data = big_endian_ping()
     with pytest.raises(wire.WireError):
         wire.parse_message(CODEC, data)
-    got = bus._MessageReader(io.BytesIO(data)).unmarshall()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        (got,) = read_all(bus._IncomingMessages(ours, False), theirs, data, len(data))
     assert (got.path, got.member, got.serial) == ("/", "Ping", 77)
 
 

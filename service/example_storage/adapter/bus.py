@@ -8,6 +8,7 @@ Everything else in the adapter imports D-Bus names from here.
 import array
 import asyncio
 import inspect
+import io
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ from collections import deque
 from copy import copy
 
 from ..errors import Failed
-from . import wire
+from . import stream, wire
 
 _log = logging.getLogger(__name__)
 
@@ -437,7 +438,17 @@ class MessageBus(_MessageBus):
             return None
 
         def _create_unmarshaller(self):
-            return _MessageReader(self._stream, self._sock if self._negotiate_unix_fd else None)
+            return _IncomingMessages(self._sock, self._negotiate_unix_fd)
+
+        def _message_reader(self):
+            """The library's: every message that arrived, in order, to ``_on_message``; the
+            connection ends (``_finalize``) on end of stream or an unreadable message."""
+            try:
+                for msg in self._unmarshaller.messages():
+                    self._on_message(msg)
+            except Exception as e:  # noqa: BLE001 - as the library: the connection ends
+                self._unmarshaller.close()
+                self._finalize(e)
 
         def _send_reply(self, msg):
             return _ReplyContext(self, msg)
@@ -498,24 +509,47 @@ if LIBRARY == "dbus-next":
                 (m.name, m.in_signature): m for m in ServiceInterface._get_methods(interface)}
         return table
 
-    class _MessageReader(_Unmarshaller):
-        """The library's reader of incoming messages (its socket reads and fd handling
-        unchanged), the message parsed by wire.py; anything wire.py does not take (another
-        byte order, an unknown header field) is left to the library's own parser."""
+    class _IncomingMessages:
+        """The library's reader of incoming messages, replaced: stream.MessageStream cuts
+        the socket's bytes into messages (one read for all that arrived) and hands out the
+        fds each names; wire.py parses each message; what wire.py does not take (another
+        byte order, an unknown header field) goes to the library's own parser."""
 
-        def _unmarshall(self):
-            self.offset = 0
-            self.read(16, prefetch=True)
-            if self.buf[0] != ord("l"):       # big-endian: rare, the library's
-                return super()._unmarshall()
-            self.read(wire.message_length(self.buf), prefetch=True)
+        def __init__(self, sock: socket.socket, unix_fds: bool) -> None:
+            self.stream = stream.MessageStream(sock, unix_fds)
+
+        def messages(self) -> list[Message]:
+            return [self._message(data) for data in self.stream.read()]
+
+        def _message(self, data: bytes) -> Message:
             try:
-                mtype, flags, serial, fields, body = wire.parse_message(CODEC, bytes(self.buf))
-                self.message = _received_message(mtype, flags, serial, fields, body,
-                                                 self.unix_fds)
+                mtype, flags, serial, fields, body = wire.parse_message(CODEC, data)
+                msg = _received_message(mtype, flags, serial, fields, body, [])
+                count = fields.get("unix_fds", 0)
             except Exception:  # noqa: BLE001 - the library's parser decides then
-                self.offset = 0
-                super()._unmarshall()
+                msg = _Unmarshaller(io.BytesIO(data)).unmarshall()
+                if msg is None:
+                    raise stream.StreamError("a message the library cannot read") from None
+                count = _declared_unix_fds(data)
+            msg.unix_fds = self.stream.take_fds(count) if count else []
+            return msg
+
+        def close(self) -> None:
+            self.stream.close()
+
+    def _declared_unix_fds(data: bytes) -> int:
+        """The UNIX_FDS header field of the message ``data`` (either byte order), read by
+        the library (for a message wire.py does not take)."""
+        reader = _Unmarshaller(io.BytesIO(data))
+        reader.read(len(data), prefetch=True)
+        reader.endian = data[0]
+        reader.offset = 12              # the header fields' array: a(yv)
+        for code, value in reader.read_argument(_SignatureTree._get("a(yv)").types[0]):
+            if code == _UNIX_FDS_FIELD:
+                return value.value
+        return 0
+
+    _UNIX_FDS_FIELD = 9
 
     _REQUIRED = {MessageType.METHOD_CALL: ("path", "member"),
                  MessageType.SIGNAL: ("path", "member", "interface"),
