@@ -35,6 +35,21 @@ def test_path_element_values():
     assert decode_path_element("a_2e_2e") == "a.."
 
 
+def bytewise(name: str) -> str:
+    """The rule, written out: letters and digits stay, every other UTF-8 byte is _xx."""
+    return "".join(c if re.fullmatch("[A-Za-z0-9]", c) else
+                   "".join(f"_{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in name)
+
+
+@pytest.mark.parametrize("tail", ["", "ü"])     # ASCII-only names take their own path
+def test_every_character_is_encoded_by_the_rule(tail):
+    for code in [*range(128), 0xE9, 0x65E5, 0x1F389, 0xDCFF]:
+        name = f"a{chr(code)}b{tail}"
+        assert encode_path_element(name) == bytewise(name), hex(code)
+        assert decode_path_element(encode_path_element(name)) == name
+
+
 def test_path_elements_are_distinct():
     encoded = [encode_path_element(n) for n in HOSTILE_NAMES]
     assert len(set(encoded)) == len(encoded)

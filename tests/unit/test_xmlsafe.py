@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from example_storage.errors import InvalidArgument
+from example_storage.model import xmlsafe
 from example_storage.model.xmlsafe import (
     MAX_XML_BYTES,
     canonical,
@@ -147,3 +150,31 @@ def test_writer_helpers():
     assert child_attr(root, "d", "path") is None
     assert child_attr(root, "e", "path") == "p"
     assert child_attr(root, "missing", "path") is None
+
+
+def test_the_parser_is_reused_per_thread_and_survives_bad_documents():
+    mine = xmlsafe._parser()
+    assert xmlsafe._parser() is mine
+    for bad in ("<a>", "<!DOCTYPE a><a/>", "<a>&x;</a>", "<a/><b/>"):
+        with pytest.raises(InvalidArgument):
+            parse_document(bad)
+    assert parse_document("<v><name>ok</name></v>").findtext("name") == "ok"
+
+    others, errors = [], []
+
+    def parse_many(i: int) -> None:
+        try:
+            others.append(xmlsafe._parser())
+            for n in range(300):
+                root = parse_document(f"<v n='{i}'><name>t{i}-{n}</name></v>")
+                assert (root.get("n"), root.findtext("name")) == (str(i), f"t{i}-{n}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=parse_many, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len({id(p) for p in [mine, *others]}) == 5

@@ -49,7 +49,13 @@ def encode_path_element(name: str) -> str:
     """
     if name == "":
         return "_"
+    if name.isascii():          # one C pass instead of a Python call per unsafe byte
+        return name.translate(_ASCII_ESCAPES)
     return _UNSAFE.sub(_escape, name)
+
+
+# every ASCII character that is not a letter or digit -> "_xx" (its byte, lower-case hex)
+_ASCII_ESCAPES = {c: f"_{c:02x}" for c in range(128) if not chr(c).isalnum()}
 
 
 def _escape(match: re.Match[str]) -> str:

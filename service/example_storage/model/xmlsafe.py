@@ -7,6 +7,7 @@ no network, no huge trees, bounded size. Any problem becomes ``InvalidArgument``
 from __future__ import annotations
 
 import re
+import threading
 
 from lxml import etree
 
@@ -17,7 +18,19 @@ MAX_XML_BYTES = 1024 * 1024
 _DOCTYPE = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
+_PARSERS = threading.local()
+
+
 def _parser() -> etree.XMLParser:
+    """This thread's parser (an lxml parser may not be used by two threads at once; made
+    once per thread, not per document)."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = _new_parser()
+    return parser
+
+
+def _new_parser() -> etree.XMLParser:
     # encoding='utf-8' overrides any encoding named in the XML declaration: we always
     # hand lxml the UTF-8 bytes of a str, whatever the declaration says.
     return etree.XMLParser(
