@@ -269,8 +269,14 @@ class _PatientWriter(_MessageWriter):
     _BATCH_BYTES = 1 << 16
 
     if LIBRARY == "dbus-next":
+        def __init__(self, bus) -> None:
+            super().__init__(bus)
+            # the library queues in an asyncio.Queue (dbus-fast in a deque); every use
+            # of the queue is a method of this class
+            self.messages = deque()
+
         def buffer_message(self, msg: Message, future=None) -> None:
-            self.messages.put_nowait(
+            self.messages.append(
                 (message_bytes(msg, self.negotiate_unix_fd), copy(msg.unix_fds), future))
 
     def schedule_write(self, msg: Message | None = None, future=None) -> None:
@@ -324,44 +330,24 @@ class _PatientWriter(_MessageWriter):
 
     def buffer_marshalled(self, data: bytes, future: asyncio.Future | None = None) -> None:
         """Queue a complete message that is already in wire format (no Unix fds)."""
-        item = (data, None, future)
-        if isinstance(self.messages, deque):
-            self.messages.append(item)
-        else:
-            self.messages.put_nowait(item)
+        self.messages.append((data, None, future))
 
     def _next_batch(self):
         """(bytes, unix fds, futures) of the next message with fds, or of the next run of
-        messages without fds joined; None when the queue is empty. The queue is a deque in
-        dbus-fast and an asyncio.Queue in dbus-next."""
-        item = self._pop()
-        if item is None:
+        messages without fds joined; None when the queue is empty."""
+        queue = self.messages
+        if not queue:
             return None
-        buf, fds, fut = item
+        buf, fds, fut = queue.popleft()
         if fds:
             return buf, fds, [fut]
         pieces, futures, size = [buf], [fut], len(buf)
-        while size < self._BATCH_BYTES:
-            nxt = self._peek()
-            if nxt is None or nxt[1]:
-                break
-            self._pop()
+        while size < self._BATCH_BYTES and queue and not queue[0][1]:
+            nxt = queue.popleft()
             pieces.append(nxt[0])
             futures.append(nxt[2])
             size += len(nxt[0])
         return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), None, futures
-
-    def _pop(self):
-        queue = self.messages
-        if isinstance(queue, deque):
-            return queue.popleft() if queue else None
-        return queue.get_nowait() if queue.qsize() else None
-
-    def _peek(self):
-        queue = self.messages
-        if isinstance(queue, deque):
-            return queue[0] if queue else None
-        return queue._queue[0] if queue.qsize() else None    # asyncio.Queue's deque
 
     def _send_some(self) -> int:
         """Send what the socket takes of the current buffer: 0 bytes when it is full."""
