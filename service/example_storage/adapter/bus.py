@@ -7,6 +7,7 @@ Everything else in the adapter imports D-Bus names from here.
 
 import array
 import asyncio
+import functools
 import inspect
 import io
 import logging
@@ -420,8 +421,32 @@ class MessageBus(_MessageBus):
                     continue
                 method = _methods_by_call(interface).get((msg.member, msg.signature))
                 if method is not None and not method.disabled:
-                    return self._make_method_handler(interface, method)
+                    reply = _reply_of(method)
+                    if reply is None:
+                        return self._make_method_handler(interface, method)
+                    return functools.partial(self._call_method, interface, method, reply)
             return None
+
+        def _call_method(self, interface, method, reply: "_Reply", msg: Message,
+                         send_reply) -> None:
+            """What the library's handler of a coroutine method does (run it as a task,
+            reply with what it returns or the error it raises), without building two
+            closures, a reply Message and the library's walks over the arguments and the
+            result for fds (methods that pass fds are left to the library)."""
+            task = asyncio.ensure_future(method.fn(interface, *msg.body))
+            task.add_done_callback(functools.partial(self._method_done, msg, reply))
+
+        def _method_done(self, msg: Message, reply: "_Reply", task: asyncio.Task) -> None:
+            try:
+                values = reply.values(task.result())
+                if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+                    return
+                data = method_return_bytes(msg, self.next_serial(), reply.signature,
+                                           marshal(reply.signature, values))
+                self._writer.buffer_marshalled(data)
+                self._writer.schedule_write()
+            except BaseException as exc:  # noqa: BLE001 - as the library's reply context
+                _ReplyContext(self, msg).send_error(exc)
 
         def _create_unmarshaller(self):
             return _IncomingMessages(self._sock, self._negotiate_unix_fd)
@@ -485,6 +510,42 @@ if LIBRARY == "dbus-next":
         "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Properties",
         "org.freedesktop.DBus.Peer", "org.freedesktop.DBus.ObjectManager"})
     _METHODS_BY_CALL: dict[type, dict[tuple[str, str], object]] = {}
+
+    class _Reply:
+        """How a method's return value becomes its reply's body (out signature, number of
+        values), as the library's ``_fn_result_to_body`` makes it."""
+
+        __slots__ = ("signature", "count")
+
+        def __init__(self, signature: str, count: int) -> None:
+            self.signature = signature
+            self.count = count
+
+        def values(self, result) -> list:
+            if result is None:
+                values = []
+            elif self.count == 1:
+                values = [result]
+            elif type(result) is list:
+                values = result
+            else:
+                raise TypeError("a method with several out values must return a list")
+            if len(values) != self.count:
+                raise TypeError(f"{len(values)} values returned for {self.count} out values")
+            return values
+
+    _REPLIES: dict[object, _Reply | None] = {}
+
+    def _reply_of(method) -> _Reply | None:
+        """The _Reply of a coroutine method that takes and returns no fds; None for any
+        other method (the library's handler then)."""
+        if method not in _REPLIES:
+            plain = (asyncio.iscoroutinefunction(method.fn)
+                     and "h" not in method.in_signature and "h" not in method.out_signature)
+            _REPLIES[method] = (_Reply(method.out_signature,
+                                       len(method.out_signature_tree.types))
+                                if plain else None)
+        return _REPLIES[method]
 
     def _methods_by_call(interface: ServiceInterface) -> dict[tuple[str, str], object]:
         """(member, signature) -> the method of ``interface``'s class (its methods are the
