@@ -78,11 +78,14 @@ def test_method_return_equals_the_librarys(signature, values, sender):
                    interface="org.freedesktop.DBus.ObjectManager", member="GetManagedObjects",
                    serial=77)
     call.sender = sender
-    library = Message.new_method_return(call, signature, values)
-    library.serial = 9
-    ours = method_return_bytes(call, 9, signature, marshal(signature, values) if signature
-                               else b"")
-    assert ours == bytes(library._marshall(False))
+    # again with other serials: the second and third are made from the first's header
+    for serial, call_serial in ((9, 77), (70000, 1), (2**32 - 1, 2**32 - 2)):
+        call.serial = call_serial
+        library = Message.new_method_return(call, signature, values)
+        library.serial = serial
+        ours = method_return_bytes(call, serial, signature,
+                                   marshal(signature, values) if signature else b"")
+        assert ours == bytes(library._marshall(False))
 
 
 def _library_signal(path, interface, member, signature, body, serial) -> bytes:
@@ -118,3 +121,15 @@ def test_marshalled_signal_equals_the_librarys(signature, values):
     signal = MarshalledSignal("/p/q", "org.example.I", "Changed", signature)
     assert signal.message(42, marshal(signature, values) if signature else b"") == \
         _library_signal("/p/q", "org.example.I", "Changed", signature, values, 42)
+
+
+def test_method_returns_to_many_callers_stay_right():
+    """The headers kept per caller are bounded (the table starts again when full)."""
+    for n in range(1200):
+        call = Message(destination="org.example.Storage", path="/o", member="M", serial=n + 1)
+        call.sender = f":1.{n}"
+        library = Message.new_method_return(call, "u", [n])
+        library.serial = 5
+        assert method_return_bytes(call, 5, "u", marshal("u", [n])) == \
+            bytes(library._marshall(False))
+    assert 0 < len(bus._RETURN_HEADERS) <= bus._MAX_RETURN_HEADERS

@@ -220,10 +220,29 @@ def leaf_introspection(path: str, interfaces: list[ServiceInterface]) -> str:
 
 def method_return_bytes(call: Message, serial: int, signature: str, body: bytes) -> bytes:
     """The whole message the library writes for ``Message.new_method_return(call, signature,
-    values)`` with ``serial``, where ``body`` is ``values`` already marshalled."""
-    return wire.message_bytes(_OWN_CODEC, MessageType.METHOD_RETURN.value, 0, serial, {
-        "reply_serial": call.serial, "destination": call.sender, "signature": signature,
-    }, body)
+    values)`` with ``serial``, where ``body`` is ``values`` already marshalled.
+
+    Its header differs between replies to one caller with one signature only in the body's
+    length, the serial and the reply serial (the first field, at a fixed offset): made
+    once per (caller, signature) and those three put in."""
+    key = (call.sender, signature)
+    header = _RETURN_HEADERS.get(key)
+    if header is None:
+        if len(_RETURN_HEADERS) >= _MAX_RETURN_HEADERS:
+            _RETURN_HEADERS.clear()
+        header = _RETURN_HEADERS[key] = wire.message_bytes(
+            _OWN_CODEC, MessageType.METHOD_RETURN.value, 0, 0,
+            {"reply_serial": 1, "destination": call.sender, "signature": signature}, b"")
+    return b"".join((header[:4], _LENGTH_SERIAL.pack(len(body), serial), header[12:20],
+                     _U32.pack(call.serial), header[24:], body))
+
+
+# (caller, signature) -> the header of a method return with reply serial 1 (field 5, "u",
+# its value at offset 20); callers come and go: the table starts again when full
+_RETURN_HEADERS: dict[tuple[str | None, str], bytes] = {}
+_MAX_RETURN_HEADERS = 512
+_LENGTH_SERIAL = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 
 
 class MarshalledSignal:
