@@ -442,6 +442,8 @@ async def test_dir_backend_lifecycle(tmp_path):
     await backend.stop(pool)
     await backend.delete(pool)
     assert not target.exists()
+    with pytest.raises(InvalidState, match="not a directory"):
+        await backend.stats(pool)
 
 
 # -- the data path on real filesystems: reflink, sparse copy, wipe by hole ------------

@@ -122,9 +122,15 @@ class DirBackend(Backend):
 
     async def stats(self, pool: PoolDefinition) -> PoolStats:
         """Capacity figures without listing the volumes (cheap after a volume change: one
-        statvfs of a local directory, made right here rather than in a thread, as the
-        checks of volume_dir are; netfs pools override this with a deadline)."""
-        return self._stats(await self.volume_dir(pool))
+        statvfs of a local directory, made right here rather than in a thread; netfs pools
+        override this with a deadline). The directory is checked only when statvfs fails
+        (the clear error of volume_dir then)."""
+        path = self.target_path(pool)
+        try:
+            return self._stats(path)
+        except OSError:
+            await self.volume_dir(pool)
+            raise
 
     async def refresh(self, pool: PoolDefinition) -> RefreshResult:
         path = await self.volume_dir(pool)
