@@ -295,3 +295,18 @@ def test_a_variant_of_more_than_one_type_is_refused():
     bad = b"\x02ss\x00" + b"\x01\x00\x00\x00x\x00\x00\x00" + b"\x01\x00\x00\x00y\x00"
     with pytest.raises(wire.WireError):
         codec.unmarshal_body("v", bad, 0, len(bad))
+
+
+def test_header_fields_of_another_type_or_unknown_are_refused():
+    msg = Message(destination="org.x", path="/a", interface="org.x.Y", member="Do",
+                  serial=3)
+    data = bytearray(msg._marshall())
+    member_at = data.index(bytes((3, 1, ord("s"), 0)))        # MEMBER: "s"
+    wrong_type = bytearray(data)
+    wrong_type[member_at + 2] = ord("o")
+    unknown = bytearray(data)
+    unknown[member_at] = 42
+    for bad in (wrong_type, unknown):
+        with pytest.raises(wire.WireError):
+            wire.parse_message(CODEC, bytes(bad))
+    assert wire.parse_message(CODEC, bytes(data))[3]["member"] == "Do"

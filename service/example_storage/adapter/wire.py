@@ -503,6 +503,18 @@ def message_bytes(codec: Codec, message_type: int, flags: int, serial: int,
 _VARIANT_SIGNATURE = {kind: bytes((1, ord(kind), 0)) for kind in "osug"}
 
 
+def _read_u32(data: bytes, o: int) -> tuple[int, int]:
+    o += -o & 3
+    return _U32.unpack_from(data, o)[0], o + 4
+
+
+_KIND_READERS: dict[str, Reader] = {"o": _read_string, "s": _read_string,
+                                    "g": _read_signature, "u": _read_u32}
+# header field code -> (name, its variant's signature as written, reader of its value)
+_HEADER_READERS = {code: (name, _VARIANT_SIGNATURE[kind], _KIND_READERS[kind])
+                   for code, (name, kind) in HEADER_FIELDS.items()}
+
+
 def message_length(head: bytes) -> int:
     """The length of the whole message whose first 16 bytes are ``head``."""
     body_len, _serial, fields_len = _FIXED_HEADER.unpack_from(head, 0)[4:]
@@ -527,13 +539,13 @@ def parse_message(codec: Codec, data: bytes) -> tuple[int, int, int, dict[str, A
     while o < end:
         o += -o & 7
         code = data[o]
-        spec = HEADER_FIELDS.get(code)
+        spec = _HEADER_READERS.get(code)
         if spec is None:
             raise WireError(f"unknown header field {code}")
-        sig, o = _read_signature(data, o + 1)
-        if sig != spec[1]:
-            raise WireError(f"header field {code} has type {sig!r}")
-        fields[spec[0]], o = codec.reader(sig)(data, o)
+        name, variant_signature, read = spec
+        if data[o + 1:o + 4] != variant_signature:    # its value's signature: one code
+            raise WireError(f"header field {code} has another type")
+        fields[name], o = read(data, o + 4)
     if o != end:
         raise WireError("header fields length does not add up")
     body_start = end + (-end & 7)
