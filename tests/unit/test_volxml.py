@@ -58,7 +58,7 @@ def test_parse_size(value, unit, expected):
     ("1e3", None), ("5", "X"), ("5", "GBB"), ("5", "Gi"), ("5", "iB"), ("5", "bit"),
     ("5", "\u212a"),                    # KELVIN SIGN lower-cases to 'k': still refused
     ("9223372036854775808", None), ("8", "EiB"), ("8388608", "TiB"), ("9" * 40, None),
-    ("9" * 5000, "G"), ("+5", None), ("٣", None),
+    ("9" * 5000, "G"), ("+5", None), ("٣", None), ("²", None), ("1 2", None), (5, None),
 ])
 def test_parse_size_rejects(value, unit):
     with pytest.raises(InvalidArgument):

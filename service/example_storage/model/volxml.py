@@ -37,10 +37,10 @@ ENCRYPTION_FORMATS = ("default", "qcow", "luks", "luks2", "luks-any")
 
 def parse_size(value: str, unit: str | None) -> int:
     """A size in bytes from libvirt's number + unit ('G' = GiB, 'GB' = 10**9, ...)."""
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value.strip()):
+    digits = value.strip() if isinstance(value, str) else ""
+    if not (digits.isascii() and digits.isdigit()):      # [0-9]+
         raise InvalidArgument(f"malformed size '{str(value)[:32]}'")
     scale = _unit_scale(unit)
-    digits = value.strip()
     if len(digits) > 20 or int(digits) > MAX_SIZE // scale:
         raise InvalidArgument(f"size {digits[:32]} {unit or 'bytes'} is too large")
     return int(digits) * scale
