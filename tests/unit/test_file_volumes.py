@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from example_storage.backends import block_io
+from example_storage.backends import block_io, unnamed
 from example_storage.backends import file_volumes as fv
 from example_storage.backends.dir import DirBackend
 from example_storage.errors import (
@@ -123,6 +123,14 @@ async def test_create_refusals(tmp_path):
     await fv.create_volume(d, _vol("a"))
     with pytest.raises(AlreadyExists):
         await fv.create_volume(d, _vol("a"))
+    # a file the pool does not know yet: refused, left as it was, nothing else made
+    (tmp_path / "keep").write_bytes(b"data")
+    for on_loop in (False, True):
+        with pytest.raises(AlreadyExists, match="'keep' already exists in"):
+            await fv.create_volume(d, _vol("keep"), on_loop=on_loop)
+    assert (tmp_path / "keep").read_bytes() == b"data"
+    assert _entries(tmp_path) == ["a", "keep"]
+    (tmp_path / "keep").unlink()
     with pytest.raises(InvalidArgument):
         await fv.create_volume(d, _vol("z", None))
     with pytest.raises(InvalidArgument):
@@ -563,3 +571,19 @@ async def test_wipe_writes_zeroes_where_holes_cannot_be_made(tmp_path, monkeypat
     with open(vol.path, "rb") as f:
         assert f.read().count(0) == 16 * MiB
     assert os.stat(vol.path).st_blocks * 512 >= 4 * MiB   # written, not punched
+
+
+@pytest.mark.parametrize("on_loop", [False, True])
+async def test_create_with_a_temp_name_where_files_cannot_be_unnamed(tmp_path, monkeypatch,
+                                                                       on_loop):
+    """Where O_TMPFILE or linking it is not available (NFS, no CAP_DAC_READ_SEARCH), the
+    volume is made under a hidden temp name and renamed into place, never over a file."""
+    monkeypatch.setattr(unnamed, "_usable", False)
+    d = str(tmp_path)
+    vol = await fv.create_volume(d, _vol("v", MiB), on_loop=on_loop)
+    assert vol.capacity == MiB and os.path.getsize(tmp_path / "v") == MiB
+    (tmp_path / "keep").write_bytes(b"data")
+    with pytest.raises(AlreadyExists, match="'keep' already exists"):
+        await fv.create_volume(d, _vol("keep"), on_loop=on_loop)
+    assert (tmp_path / "keep").read_bytes() == b"data"
+    assert sorted(os.listdir(tmp_path)) == ["keep", "v"]       # no temp file left

@@ -523,8 +523,8 @@ def _publish_raw(
     whose allocation was written (no fallocate: glibc writes zeroes) is fsync'd before
     the link too."""
     final = os.path.join(pool_dir, name)
-    if os.path.lexists(final):
-        raise AlreadyExists(f"volume '{name}' already exists in {pool_dir}")
+    # no check that ``final`` is free first: linking (or renaming) never replaces
+    # anything, and refuses a taken name with AlreadyExists
     tmp: str | None = None
     try:
         fd = unnamed.open_unnamed(pool_dir, 0o600)
@@ -573,7 +573,8 @@ def _link_new(fd: int, final: str, name: str) -> bool:
     try:
         return unnamed.link_unnamed(fd, final)
     except FileExistsError:
-        raise AlreadyExists(f"volume '{name}' already exists") from None
+        raise AlreadyExists(f"volume '{name}' already exists in "
+                            f"{os.path.dirname(final)}") from None
 
 
 def _make_raw_volume(
