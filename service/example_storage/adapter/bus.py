@@ -451,20 +451,20 @@ class MessageBus(_MessageBus):
             """What the library's handler of a coroutine method does (run it as a task,
             reply with what it returns or the error it raises), without building two
             closures, a reply Message and the library's walks over the arguments and the
-            result for fds (methods that pass fds are left to the library)."""
-            task = asyncio.ensure_future(method.fn(interface, *msg.body))
-            task.add_done_callback(functools.partial(self._method_done, msg, reply))
+            result for fds (methods that pass fds are left to the library). The reply is
+            queued in the step the method ends in (no done-callback a step later)."""
+            asyncio.ensure_future(self._run_method(interface, method, reply, msg))
 
-        def _method_done(self, msg: Message, reply: "_Reply", task: asyncio.Task) -> None:
+        async def _run_method(self, interface, method, reply: "_Reply", msg: Message) -> None:
             try:
-                values = reply.values(task.result())
+                values = reply.values(await method.fn(interface, *msg.body))
                 if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
                     return
                 data = method_return_bytes(msg, self.next_serial(), reply.signature,
                                            marshal(reply.signature, values))
                 self._writer.buffer_marshalled(data)
                 self._writer.schedule_write()
-            except BaseException as exc:  # noqa: BLE001 - as the library's reply context
+            except Exception as exc:  # noqa: BLE001 - as the library's reply context
                 _ReplyContext(self, msg).send_error(exc)
 
         def _create_unmarshaller(self):
