@@ -46,6 +46,7 @@ from .fixtures import Filesystems, sparse_files  # noqa: E402
 from .ours import NAME, BenchDaemon, timed_start  # noqa: E402
 from .report import render  # noqa: E402
 from .sides import LibvirtSide, OurSide, dir_pool_xml  # noqa: E402
+from .turns import Turns, bench_order  # noqa: E402
 from .workloads import (  # noqa: E402
     QUICK,
     Config,
@@ -54,7 +55,8 @@ from .workloads import (  # noqa: E402
     Results,
     guarded,
     log,
-    run_side,
+    run_rest,
+    run_rounds,
     wait_until,
 )
 
@@ -86,16 +88,25 @@ class Clients:
 
 # -- libvirt-dbus --------------------------------------------------------------------------
 
+LIBVIRT = "libvirt-dbus"        # libvirt's name in the turns (ours: the D-Bus library)
+
+
 async def libvirt_run(install: lp.Install, bus: PrivateBus, cfg: Config, tmp: Path,
-                      fs: Filesystems, big_dir: Path, clients: Clients) -> Results:
+                      fs: Filesystems, big_dir: Path, clients: Clients, turns: Turns
+                      ) -> Results:
     daemon = lp.Libvirtd(install, tmp / "libvirt-state", bus.env())
     dbus = lp.LibvirtDbus(daemon)
     r: Results = {}
+
+    def turn(what: str):
+        return turns.turn(LIBVIRT, what)
+
     try:
-        log("libvirt: starting libvirtd (storage + qemu drivers) and libvirt-dbus")
-        daemon.start()
-        dbus.start()
-        side = LibvirtSide(await clients.connect(bus.address, lp.DBUS_NAME))
+        async with turn("start"):
+            log("libvirt: starting libvirtd (storage + qemu drivers) and libvirt-dbus")
+            daemon.start()
+            dbus.start()
+            side = LibvirtSide(await clients.connect(bus.address, lp.DBUS_NAME))
 
         def rss() -> int:
             a = lp.rss_kib(daemon.pid).get("VmRSS", 0)
@@ -103,15 +114,22 @@ async def libvirt_run(install: lp.Install, bus: PrivateBus, cfg: Config, tmp: Pa
             r["rss_big_detail"] = f"libvirtd {a >> 10} MiB + libvirt-dbus {b >> 10} MiB"
             return a + b
 
-        r.update(await run_side(side, cfg, tmp / "libvirt", big_dir, dict(fs.mounts),
-                                Hooks(rss, other_client=clients.other)))
+        hooks = Hooks(rss, other_client=clients.other, turn=turn)
+        r.update(await run_rounds(side, cfg, tmp / "libvirt", dict(fs.mounts), hooks))
+        async with turn("rest"):
+            r.update(await run_rest(side, cfg, big_dir, dict(fs.mounts), hooks))
+            clients.close()
+            dbus.stop()
+            daemon.stop()
+            await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
+                          "libvirt: libvirtd start-up (storage driver only)",
+                          lambda: asyncio.to_thread(libvirt_startup, install, bus, cfg, tmp,
+                                                    big_dir, r))
     finally:
+        await turns.forfeit(LIBVIRT)
         clients.close()
         dbus.stop()
         daemon.stop()
-    await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
-                  "libvirt: libvirtd start-up (storage driver only)",
-                  lambda: asyncio.to_thread(libvirt_startup, install, bus, cfg, tmp, big_dir, r))
     return r
 
 
@@ -181,17 +199,22 @@ def crash_reason(daemon: BenchDaemon) -> str:
 
 
 async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Filesystems,
-                   big_dir: Path, clients: Clients) -> Results:
+                   big_dir: Path, clients: Clients, turns: Turns) -> Results:
     daemon = BenchDaemon(bus, tmp / f"ours-{library}", library)
     control: Client | None = None
     r: Results = {}
+
+    def turn(what: str):
+        return turns.turn(library, what)
+
     try:
-        log(f"ours/{library}: starting the daemon")
-        await asyncio.to_thread(daemon.start, 60)
-        # the bench's own connection (dbus-next): name watching, uevent signals, set-up
-        control = await client_library("dbus-next").connect(bus.address, NAME)
+        async with turn("start"):
+            log(f"ours/{library}: starting the daemon")
+            await asyncio.to_thread(daemon.start, 60)
+            # the bench's own connection (dbus-next): name watching, uevent signals, set-up
+            control = await client_library("dbus-next").connect(bus.address, NAME)
+            side = OurSide(await clients.connect(bus.address, NAME))
         client = control.bus
-        side = OurSide(await clients.connect(bus.address, NAME))
         notes: list[str] = []
 
         async def revive() -> None:
@@ -206,51 +229,62 @@ async def ours_run(library: str, bus: PrivateBus, cfg: Config, tmp: Path, fs: Fi
         def explain() -> str | None:
             return crash_reason(daemon) if not daemon.running or lost_bus(daemon) else None
 
-        hooks = Hooks(daemon.rss, revive, explain, clients.other)
-        r.update(await run_side(side, cfg, tmp / f"ours-{library}-pools", big_dir,
-                                {k: v / library for k, v in fs.mounts.items()}, hooks))
-
-        async def uevent() -> None:
-            image = uevent_latency.make_image(tmp / f"uevent-{library}.img")
-            raw, sig = await uevent_latency.measure(client, image, cfg.uevent_runs)
-            image.unlink()
-            r["uevent_median"] = median(sig) / 1e3
-            r["uevent_p95"] = uevent_latency.percentile(sig, 95) / 1e3
-            r["uevent_raw_median"] = median(raw) / 1e3
-
-        await guarded(r, ("uevent_median", "uevent_p95"), f"ours/{library}: uevent latency",
-                      uevent, hooks)
-        daemon.stop()
+        hooks = Hooks(daemon.rss, revive, explain, clients.other, turn)
+        mounts = {k: v / library for k, v in fs.mounts.items()}
+        r.update(await run_rounds(side, cfg, tmp / f"ours-{library}-pools", mounts, hooks))
+        async with turn("rest"):
+            r.update(await run_rest(side, cfg, big_dir, mounts, hooks))
+            await ours_rest(library, daemon, control, client, cfg, tmp, big_dir, hooks, r)
         if notes:
             r["notes"] = notes
-
-        async def startup() -> None:
-            d = BenchDaemon(bus, tmp / f"ours-{library}-startup", library)
-            try:
-                r["startup_empty"] = await timed_start(d, client)
-                pool = await OurSide(control).define_autostart_pool("many", big_dir)
-                d.stop()
-                times, rss = [], 0
-                for _ in range(cfg.startup_reps):
-                    times.append(await timed_start(d, client))
-                    count = await OurSide(control).volume_count(pool)
-                    if count != cfg.big:
-                        raise AssertionError(f"{count} volumes after start-up, not {cfg.big}")
-                    rss = d.rss()
-                    d.stop()
-                r["startup_big"] = median(times)
-                r["rss_startup_big"] = rss
-            finally:
-                d.stop()
-
-        await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
-                      f"ours/{library}: start-up", startup)
     finally:
+        await turns.forfeit(library)
         if control is not None:
             control.disconnect()
         clients.close()
         daemon.stop()
     return r
+
+
+async def ours_rest(library: str, daemon: BenchDaemon, control: Client, client: MessageBus,
+                    cfg: Config, tmp: Path, big_dir: Path, hooks: Hooks, r: Results) -> None:
+    """What only our side measures (uevent latency), then its start-up (the main daemon
+    stopped: a second one on the same bus could not own the name)."""
+    bus = daemon.bus
+
+    async def uevent() -> None:
+        image = uevent_latency.make_image(tmp / f"uevent-{library}.img")
+        raw, sig = await uevent_latency.measure(client, image, cfg.uevent_runs)
+        image.unlink()
+        r["uevent_median"] = median(sig) / 1e3
+        r["uevent_p95"] = uevent_latency.percentile(sig, 95) / 1e3
+        r["uevent_raw_median"] = median(raw) / 1e3
+
+    await guarded(r, ("uevent_median", "uevent_p95"), f"ours/{library}: uevent latency",
+                  uevent, hooks)
+    daemon.stop()
+
+    async def startup() -> None:
+        d = BenchDaemon(bus, tmp / f"ours-{library}-startup", library)
+        try:
+            r["startup_empty"] = await timed_start(d, client)
+            pool = await OurSide(control).define_autostart_pool("many", big_dir)
+            d.stop()
+            times, rss = [], 0
+            for _ in range(cfg.startup_reps):
+                times.append(await timed_start(d, client))
+                count = await OurSide(control).volume_count(pool)
+                if count != cfg.big:
+                    raise AssertionError(f"{count} volumes after start-up, not {cfg.big}")
+                rss = d.rss()
+                d.stop()
+            r["startup_big"] = median(times)
+            r["rss_startup_big"] = rss
+        finally:
+            d.stop()
+
+    await guarded(r, ("startup_empty", "startup_big", "rss_startup_big"),
+                  f"ours/{library}: start-up", startup)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -277,9 +311,11 @@ def header(cfg: Config, args: argparse.Namespace, install: lp.Install | None) ->
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
         f"kernel {platform.release()}",
         f"  {versions(install)}",
-        f"  one private dbus-daemon; client: {args.client} in this process, the same code "
-        "for both services;",
-        f"  create/delete: median of {cfg.create_reps} rounds, in a dir pool on the ext4 below; "
+        f"  a private dbus-daemon per service, all services up at once; client: {args.client} "
+        "in this process, the same code for both services;",
+        f"  create/delete: median of {cfg.create_reps} rounds, in a dir pool on the ext4 below, "
+        "the services' rounds interleaved (round k of each before round k+1 of any, the "
+        "order rotated each round; everything else one service after the other); "
         f"create/delete/GetAll: {cfg.inflight} calls in flight; Get/Ping: sequential round "
         f"trips, interleaved, {cfg.latency_calls} each (after 50 warm-up);",
         "  clones: sequential, median of "
@@ -330,13 +366,19 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"libvirt side unavailable: {e}", file=sys.stderr)
             return 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmpdir))
-    bus = PrivateBus({"org.libvirt.conf": lp.BUS_CONF} if install else None)
+    services = ([LIBVIRT] if install is not None else []) + libraries
+    # a private bus per service (the same config): all are up at once, and our two daemons
+    # could not both own org.example.Storage on one bus
+    buses = {name: PrivateBus({"org.libvirt.conf": lp.BUS_CONF} if name == LIBVIRT else None)
+             for name in services}
     fs = None
     ours: dict[str, Results] = {}
     theirs: Results | None = None
     try:
-        bus.start()
-        log(f"temp dir {tmp}; bus {bus.address}")
+        for name, bus in buses.items():
+            bus.start()
+            log(f"bus of {name}: {bus.address}")
+        log(f"temp dir {tmp}")
         fs = Filesystems(tmp / "fs", cfg.image_size)
         for point in fs.mounts.values():
             for sub in ("libvirt", *libraries):
@@ -344,18 +386,28 @@ async def main_async(args: argparse.Namespace) -> int:
         big_dir = tmp / "many"
         log(f"making {cfg.big} sparse files in {big_dir}")
         sparse_files(big_dir, cfg.big, cfg.volume_size)
+        turns = Turns(bench_order(services, cfg.create_reps))
+        runs = [ours_run(lib, buses[lib], cfg, tmp, fs, big_dir, Clients(libs), turns)
+                for lib in libraries]
         if install is not None:
-            try:
-                theirs = await libvirt_run(install, bus, cfg, tmp, fs, big_dir, Clients(libs))
-            except lp.PeerUnavailable as e:   # report it, measure our side anyway
-                log(f"libvirt side failed: {e}")
-                theirs = {"startup_empty": Failure(f"libvirt did not run: {e}"[:300])}
-        for lib in libraries:
-            ours[lib] = await ours_run(lib, bus, cfg, tmp, fs, big_dir, Clients(libs))
+            runs.insert(0, libvirt_run(install, buses[LIBVIRT], cfg, tmp, fs, big_dir,
+                                       Clients(libs), turns))
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        if install is not None:
+            theirs = outcomes.pop(0)
+            if isinstance(theirs, lp.PeerUnavailable):   # report it; ours were measured
+                log(f"libvirt side failed: {theirs}")
+                theirs = {"startup_empty": Failure(f"libvirt did not run: {theirs}"[:300])}
+        for lib, outcome in zip(libraries, outcomes, strict=True):
+            ours[lib] = outcome
+        for outcome in [theirs, *outcomes]:
+            if isinstance(outcome, BaseException):
+                raise outcome
     finally:
         if fs is not None:
             fs.close()
-        bus.stop()
+        for bus in buses.values():
+            bus.stop()
         if args.keep:
             log(f"kept {tmp}")
         else:

@@ -7,11 +7,13 @@ Each figure lands in a ``Results`` dict under a fixed key; a workload that fails
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,9 @@ class Hooks:
     explain: Callable[[], str | None] = lambda: None        # why it died, if it did
     # a second connection, of the other client library: the big listing again with it
     other_client: Client | None = None
+    # the side's turn to measure (bench/turns.py) for ``what``; none to wait for by default
+    turn: Callable[[str], AbstractAsyncContextManager[None]] = \
+        lambda what: contextlib.nullcontext()
 
 
 _T0 = time.monotonic()
@@ -106,9 +111,10 @@ async def guarded(results: Results, keys: tuple[str, ...], what: str,
             results.setdefault(key, Failure(msg))
 
 
-async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
-                   mounts: dict[str, Path], hooks: Hooks) -> Results:
-    """All the API workloads against one side."""
+async def run_rounds(side, cfg: Config, workdir: Path, mounts: dict[str, Path],
+                     hooks: Hooks) -> Results:
+    """The create/delete rounds against one side, each in its turn (``hooks.turn``); the
+    listing of a few volumes and the Get/Ping latencies in the first round."""
     r: Results = {}
     is_libvirt = isinstance(side, LibvirtSide)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,38 +124,49 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
     pool_dir = (mounts["ext4"] / side_dir(side) if "ext4" in mounts else workdir) / "bench"
 
     async def create_delete_get_list() -> None:
-        pool = await side.create_pool("bench", pool_dir)
-        state["pool"] = pool
         creates, deletes, create_cpu, delete_cpu = [], [], [], []
-        ticks = cpu_ticks()
+        stolen = total = 0
         for rep in range(cfg.create_reps):
-            names = [f"r{rep}v{i:05d}.img" for i in range(cfg.volumes)]
-            await asyncio.to_thread(settle, pool_dir)
-            cpu = time.process_time()
-            secs, vols = await timed(bounded(
-                names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
-            create_cpu.append((time.process_time() - cpu) / cfg.volumes)
-            creates.append(cfg.volumes / secs)
-            files = list(pool_dir.iterdir())
-            if len(files) != cfg.volumes:
-                raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
-            state["vols"] = vols
-            if rep == 0:
-                await list_and_get(pool, vols)
-            await asyncio.to_thread(settle, pool_dir)
-            cpu = time.process_time()
-            secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
-            delete_cpu.append((time.process_time() - cpu) / cfg.volumes)
-            deletes.append(cfg.volumes / secs)
-            state["vols"] = []
-            left = list(pool_dir.iterdir())
-            if left:
-                raise AssertionError(f"{len(left)} files left after deleting every volume")
-        r["steal_create_delete"] = stolen_share(ticks, cpu_ticks())
+            async with hooks.turn(f"round {rep}"):
+                before = cpu_ticks()
+                await one_round(rep, creates, deletes, create_cpu, delete_cpu)
+                after = cpu_ticks()
+            stolen, total = stolen + after[0] - before[0], total + after[1] - before[1]
+        r["steal_create_delete"] = stolen_share((0, 0), (stolen, total))   # over the rounds
         r["create_rate"], r["delete_rate"] = median(creates), median(deletes)
         r["create_rates"], r["delete_rates"] = creates, deletes
         # the bench process's own CPU (the client) per call, seconds
         r["client_cpu_create"], r["client_cpu_delete"] = median(create_cpu), median(delete_cpu)
+
+    async def one_round(rep: int, creates: list, deletes: list, create_cpu: list,
+                        delete_cpu: list) -> None:
+        if rep == 0:
+            state["pool"] = await side.create_pool("bench", pool_dir)
+        pool = state["pool"]
+        names = [f"r{rep}v{i:05d}.img" for i in range(cfg.volumes)]
+        await asyncio.to_thread(settle, pool_dir)
+        cpu = time.process_time()
+        secs, vols = await timed(bounded(
+            names, lambda n: side.create_volume(pool, n, cfg.volume_size), cfg.inflight))
+        create_cpu.append((time.process_time() - cpu) / cfg.volumes)
+        creates.append(cfg.volumes / secs)
+        files = list(pool_dir.iterdir())
+        if len(files) != cfg.volumes:
+            raise AssertionError(f"{len(files)} files after creating {cfg.volumes} volumes")
+        state["vols"] = vols
+        if rep == 0:
+            await list_and_get(pool, vols)
+        await asyncio.to_thread(settle, pool_dir)
+        cpu = time.process_time()
+        secs, _ = await timed(bounded(vols, side.delete_volume, cfg.inflight))
+        delete_cpu.append((time.process_time() - cpu) / cfg.volumes)
+        deletes.append(cfg.volumes / secs)
+        state["vols"] = []
+        left = list(pool_dir.iterdir())
+        if left:
+            raise AssertionError(f"{len(left)} files left after deleting every volume")
+        if rep == cfg.create_reps - 1:
+            await side.destroy_pool(state.pop("pool"))
 
     async def list_and_get(pool: str, vols: list[str]) -> None:
         times = []
@@ -180,6 +197,15 @@ async def run_side(side, cfg: Config, workdir: Path, shared_big: Path,
                   create_delete_get_list, hooks)
     if "pool" in state:
         await _quietly(side.destroy_pool(state.pop("pool")))
+    return r
+
+
+async def run_rest(side, cfg: Config, shared_big: Path, mounts: dict[str, Path],
+                   hooks: Hooks) -> Results:
+    """The other API workloads against one side: the big listing, the clones."""
+    r: Results = {}
+    is_libvirt = isinstance(side, LibvirtSide)
+    state: dict[str, Any] = {}
 
     async def big_listing() -> None:
         secs, pool = await timed(side.create_pool("many", shared_big))
