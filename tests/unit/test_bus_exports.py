@@ -2,9 +2,12 @@
 through an index (dbus-next walked every export on each unexport and each signal)."""
 
 import asyncio
+import random
 import socket
 
 import pytest
+from dbus_next.aio import MessageBus as LibraryBus
+from dbus_next.errors import InvalidObjectPathError
 from example_storage.adapter import bus as busmod
 from example_storage.adapter.bus import MessageBus, ServiceInterface, signal
 
@@ -73,3 +76,54 @@ def test_unexport_detaches_the_interface_only_when_no_path_holds_it(make_bus):
     assert not b._has_interface(alone) and b._path_exports == {}
     with pytest.raises(ValueError):
         b._interface_signal_notify(alone, "org.example.Test.Thing", "Poked", "s", ["x"])
+
+
+class Other(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__("org.example.Test.Other")
+
+
+def test_exports_follow_the_librarys_rules_and_errors(make_bus, tmp_path):
+    b = make_bus([])
+
+    async def build() -> LibraryBus:
+        return LibraryBus(bus_address=f"unix:path={tmp_path / 'sock'}")
+
+    lib = asyncio.run(build())
+    try:
+        objs = [Thing(), Thing(), Other(), Other()]
+        lib_objs = [Thing(), Thing(), Other(), Other()]
+        paths = ["/", "/a", "/a/b", "/c_1"]
+        rng = random.Random(5)
+        for _ in range(400):
+            op, i, p = rng.choice(["export", "unexport", "unexport-name", "unexport-all"]), \
+                rng.randrange(4), rng.choice(paths)
+            outcomes = []
+            for bus_, things in ((b, objs), (lib, lib_objs)):
+                try:
+                    if op == "export":
+                        bus_.export(p, things[i])
+                    elif op == "unexport":
+                        bus_.unexport(p, things[i])
+                    elif op == "unexport-name":
+                        bus_.unexport(p, things[i].name)
+                    else:
+                        bus_.unexport(p)
+                    outcomes.append(None)
+                except ValueError as e:
+                    outcomes.append(type(e))
+            assert outcomes[0] == outcomes[1], (op, i, p)
+            ours = {k: [objs.index(x) for x in v] for k, v in b._path_exports.items()}
+            theirs = {k: [lib_objs.index(x) for x in v] for k, v in lib._path_exports.items()}
+            assert ours == theirs, (op, i, p)
+            assert [b in o._ServiceInterface__buses for o in objs] == \
+                [lib in o._ServiceInterface__buses for o in lib_objs]
+        for bad in ("", "a", "/a/", "//a", "/a-b", 5):
+            with pytest.raises(InvalidObjectPathError):
+                b.export(bad, Thing())
+            with pytest.raises(InvalidObjectPathError):
+                b.unexport(bad, objs[0])
+        with pytest.raises(TypeError):
+            b.export("/x", object())
+    finally:
+        lib._sock.close()

@@ -57,7 +57,7 @@ else:
     from dbus_next._private.unmarshaller import Unmarshaller as _Unmarshaller
     from dbus_next.aio import MessageBus as _MessageBus
     from dbus_next.aio.message_bus import _MessageWriter
-    from dbus_next.errors import DBusError
+    from dbus_next.errors import DBusError, InvalidObjectPathError
     from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
     LIBRARY = "dbus-next"
@@ -488,10 +488,24 @@ class MessageBus(_MessageBus):
         # so 10,000 volumes made those O(n) each. An index of the paths each exported
         # instance is at answers both at once; it follows export/unexport exactly.
         def export(self, path, interface) -> None:
-            super().export(path, interface)
+            """The library's export (the same checks and errors), the path checked by one
+            regular expression rather than the library's walk over its elements."""
+            if not isinstance(path, str) or not wire.is_object_path(path):
+                raise InvalidObjectPathError(path)
+            if not isinstance(interface, ServiceInterface):
+                raise TypeError("interface must be a ServiceInterface")
+            exports = self._path_exports.setdefault(path, [])
+            if any(f.name == interface.name for f in exports):
+                raise ValueError("An interface with this name is already exported on this "
+                                 f'bus at path "{path}": "{interface.name}"')
+            exports.append(interface)
+            ServiceInterface._add_bus(interface, self)
             self._paths_of().setdefault(id(interface), []).append(path)
 
         def unexport(self, path, interface=None) -> None:
+            if isinstance(interface, ServiceInterface):
+                self._unexport_one(path, interface)
+                return
             exports = list(self._path_exports.get(path, ()))
             if isinstance(interface, str):
                 gone = [i for i in exports if i.name == interface][:1]
@@ -507,6 +521,26 @@ class MessageBus(_MessageBus):
                 if not paths:
                     index.pop(id(iface), None)
             super().unexport(path, interface)
+
+        def _unexport_one(self, path: str, interface: ServiceInterface) -> None:
+            """unexport(path, interface) as the library does it (an interface left at no
+            path is detached from the bus), without its checks of every argument's type."""
+            if not isinstance(path, str) or not wire.is_object_path(path):
+                raise InvalidObjectPathError(path)
+            exports = self._path_exports.get(path, [])
+            for i, iface in enumerate(exports):
+                if iface is interface:
+                    del exports[i]
+                    if not exports:
+                        del self._path_exports[path]
+                    index = self._paths_of()
+                    paths = index.get(id(interface), [])
+                    if path in paths:
+                        paths.remove(path)
+                    if not paths:
+                        index.pop(id(interface), None)
+                        ServiceInterface._remove_bus(interface, self)
+                    return
 
         def _has_interface(self, interface) -> bool:
             return id(interface) in self._paths_of()

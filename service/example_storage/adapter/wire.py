@@ -33,6 +33,11 @@ _ZEROS = [bytes(n) for n in range(8)]
 _OBJECT_PATH = re.compile(r"/|(?:/[A-Za-z0-9_]+)+")
 
 
+def is_object_path(text: str) -> bool:
+    """Whether ``text`` is a valid D-Bus object path."""
+    return _OBJECT_PATH.fullmatch(text) is not None
+
+
 # At most this many signatures remembered per table: a caller chooses the signatures of the
 # variants it sends, and every new one would otherwise stay in memory for good.
 MAX_REMEMBERED = 2048
