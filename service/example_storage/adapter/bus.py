@@ -651,6 +651,9 @@ if LIBRARY == "dbus-next":
 
     _UNIX_FDS_FIELD = 9
 
+    # the enum members by value (calling an enum class costs more than a dict lookup)
+    _MESSAGE_TYPES = {t.value: t for t in MessageType}
+    _MESSAGE_FLAGS = {n: MessageFlag(n) for n in range(8)}
     _REQUIRED = {MessageType.METHOD_CALL: ("path", "member"),
                  MessageType.SIGNAL: ("path", "member", "interface"),
                  MessageType.ERROR: ("error_name", "reply_serial"),
@@ -662,7 +665,7 @@ if LIBRARY == "dbus-next":
         it, without checking each name against the specification once more (the bus
         daemon delivers only valid messages); a field a message type needs is still
         required (the library's own error otherwise)."""
-        message_type = MessageType(mtype)
+        message_type = _MESSAGE_TYPES[mtype] if mtype in _MESSAGE_TYPES else MessageType(mtype)
         for name in _REQUIRED[message_type]:
             if not fields.get(name):
                 raise wire.WireError(f"{message_type.name} without {name}")
@@ -672,7 +675,7 @@ if LIBRARY == "dbus-next":
         msg.interface = fields.get("interface")
         msg.member = fields.get("member")
         msg.message_type = message_type
-        msg.flags = MessageFlag(flags)
+        msg.flags = _MESSAGE_FLAGS[flags] if flags in _MESSAGE_FLAGS else MessageFlag(flags)
         msg.error_name = fields.get("error_name")
         msg.reply_serial = fields.get("reply_serial")
         msg.sender = fields.get("sender")
