@@ -41,7 +41,7 @@ class Config:
     clone_data: int = 100 << 20
     image_size: int = 4 << 30     # each loop device (ext4, xfs)
     inflight: int = 16            # concurrent calls for create/delete/GetAll
-    create_reps: int = 3          # create + delete rounds (the median is the figure)
+    create_reps: int = 5          # create + delete rounds (the median is the figure)
     latency_calls: int = 2000     # Get and Ping round trips each
     list_reps: int = 5
     big_list_reps: int = 3
