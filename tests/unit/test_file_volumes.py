@@ -452,6 +452,26 @@ async def test_dir_backend_lifecycle(tmp_path):
     assert not target.exists()
     with pytest.raises(InvalidState, match="not a directory"):
         await backend.stats(pool)
+    with pytest.raises(InvalidState, match="not a directory"):
+        await backend.delete_volume(pool, VolumeDefinition(name="v"))
+    target.write_bytes(b"")         # a file where the pool's directory was
+    with pytest.raises(InvalidState, match="not a directory"):
+        await backend.delete_volume(pool, VolumeDefinition(name="v"))
+    target.unlink()
+
+
+async def test_delete_refuses_a_directory_and_removes_a_link_not_its_target(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inside").write_bytes(b"x")
+    with pytest.raises(InvalidArgument, match="is a directory, not a volume"):
+        await fv.delete_volume(str(tmp_path / "sub"))
+    assert (tmp_path / "sub" / "inside").read_bytes() == b"x"
+    (tmp_path / "target").write_bytes(b"data")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    await fv.delete_volume(str(tmp_path / "link"))
+    assert not (tmp_path / "link").exists() and (tmp_path / "target").read_bytes() == b"data"
+    with pytest.raises(NotFound):
+        await fv.delete_volume(str(tmp_path / "link"))
 
 
 # -- the data path on real filesystems: reflink, sparse copy, wipe by hole ------------

@@ -161,7 +161,12 @@ class DirBackend(Backend):
                                                progress=progress.reporter())
 
     async def delete_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
-        await file_volumes.delete_volume(await self._volume_path(pool, vol))
+        path = file_volumes.volume_path(self.target_path(pool), vol.name)
+        try:
+            await file_volumes.delete_volume(path)
+        except (NotFound, Failed):
+            await self.volume_dir(pool)     # the clear error when the directory is gone
+            raise
 
     async def resize_volume(
         self, pool: PoolDefinition, vol: VolumeDefinition, capacity: int, shrink: bool

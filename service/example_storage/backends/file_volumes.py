@@ -752,12 +752,12 @@ async def create_volume(
 # -- delete / resize -------------------------------------------------------------
 
 async def delete_volume(path: str) -> None:
-    """Remove the volume file ``path`` (a symlink volume: the link, not its target)."""
+    """Remove the volume file ``path`` (a symlink volume: the link, not its target; a
+    directory is refused: unlink never removes one, Linux answers EISDIR)."""
     try:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise InvalidArgument(f"{path} is a directory, not a volume")
         os.unlink(path)
+    except IsADirectoryError:
+        raise InvalidArgument(f"{path} is a directory, not a volume") from None
     except FileNotFoundError:
         raise NotFound(f"volume {path} does not exist") from None
     except OSError as exc:
