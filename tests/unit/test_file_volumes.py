@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from example_storage.backends import block_io, unnamed
+from example_storage.backends import block_io, registry, unnamed
 from example_storage.backends import file_volumes as fv
 from example_storage.backends.dir import DirBackend
 from example_storage.errors import (
@@ -20,6 +20,7 @@ from example_storage.errors import (
     NotFound,
 )
 from example_storage.model.definitions import (
+    POOL_TYPES,
     BackingStore,
     Permissions,
     PoolDefinition,
@@ -607,3 +608,17 @@ async def test_create_with_a_temp_name_where_files_cannot_be_unnamed(tmp_path, m
         await fv.create_volume(d, _vol("keep"), on_loop=on_loop)
     assert (tmp_path / "keep").read_bytes() == b"data"
     assert sorted(os.listdir(tmp_path)) == ["keep", "v"]       # no temp file left
+
+
+def test_every_directory_backend_that_checks_more_says_so():
+    """A DirBackend whose volume_dir checks more than the directory (a mount) must set
+    checks_mount: the dir pool's shortcuts (statvfs, unlink without asking it first) would
+    otherwise reach the directory under a mount that went away."""
+    for pool_type in POOL_TYPES:
+        try:
+            backend = registry.backend_for(pool_type)
+        except Exception:  # noqa: BLE001 - pool types without a backend here
+            continue
+        if isinstance(backend, DirBackend):
+            overrides = type(backend).volume_dir is not DirBackend.volume_dir
+            assert backend.checks_mount == overrides, pool_type

@@ -117,6 +117,14 @@ async def test_fs_pool_lifecycle(loopdev, tmp_path):
     assert not _mounted_at(target, loopdev)
     assert not await backend.is_active(pool)
     assert not (target / "v").exists()   # the volume lives on the device, not the dir
+    # unmounted: volume operations never reach the directory under the mount point
+    (target / "v").write_bytes(b"not the volume")
+    with pytest.raises(InvalidState, match="not mounted"):
+        await backend.delete_volume(pool, VolumeDefinition(name="v"))
+    with pytest.raises(InvalidState, match="not mounted"):
+        await backend.stats(pool)
+    assert (target / "v").read_bytes() == b"not the volume"
+    (target / "v").unlink()
 
     await backend.start(pool)
     assert [v.name for v in (await backend.refresh(pool)).volumes] == ["v"]

@@ -17,7 +17,7 @@ from service.example_storage.backends import netfs
 from service.example_storage.backends.netfs import NetfsBackend
 from service.example_storage.backends.registry import backend_for
 from service.example_storage.errors import InvalidArgument, InvalidState, NotSupported, TimedOut
-from service.example_storage.model.definitions import PoolSource, SourceHost
+from service.example_storage.model.definitions import PoolSource, SourceHost, VolumeDefinition
 from service.example_storage.model.poolxml import parse_pool_xml
 from service.example_storage.system import mounts
 from tests.harness.ganesha import Ganesha, free_port, ganesha_missing
@@ -135,6 +135,14 @@ def test_not_mounted_pool_is_inactive_and_refuses_volumes(tmp_path: Path) -> Non
     assert asyncio.run(backend.is_active(p)) is False
     with pytest.raises(InvalidState, match="not mounted"):
         asyncio.run(backend.refresh(p))
+    # a file under the (unmounted) mount point is not the volume: never deleted
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "v").write_bytes(b"local")
+    with pytest.raises(InvalidState, match="not mounted"):
+        asyncio.run(backend.delete_volume(p, VolumeDefinition(name="v")))
+    with pytest.raises(InvalidState, match="not mounted"):
+        asyncio.run(backend.stats(p))
+    assert (tmp_path / "t" / "v").read_bytes() == b"local"
     asyncio.run(backend.stop(p, force=True))   # nothing mounted: nothing to do
 
 

@@ -33,6 +33,10 @@ class DirBackend(Backend):
     # The target is a local filesystem: a sparse raw file is made right on the event loop
     # (file_volumes.create_volume on_loop); netfs (a server may stall) keeps threads.
     local_files = True
+    # volume_dir checks more than that the directory is there (fs and netfs pools: that
+    # their filesystem is mounted on it): then every operation asks it first, or a volume
+    # operation could reach the directory under a mount that went away
+    checks_mount = False
 
     # -- tools ---------------------------------------------------------------
     def missing_tools(self) -> list[str]:
@@ -125,6 +129,8 @@ class DirBackend(Backend):
         statvfs of a local directory, made right here rather than in a thread; netfs pools
         override this with a deadline). The directory is checked only when statvfs fails
         (the clear error of volume_dir then)."""
+        if self.checks_mount:
+            return self._stats(await self.volume_dir(pool))
         path = self.target_path(pool)
         try:
             return self._stats(path)
@@ -161,6 +167,9 @@ class DirBackend(Backend):
                                                progress=progress.reporter())
 
     async def delete_volume(self, pool: PoolDefinition, vol: VolumeDefinition) -> None:
+        if self.checks_mount:
+            await file_volumes.delete_volume(await self._volume_path(pool, vol))
+            return
         path = file_volumes.volume_path(self.target_path(pool), vol.name)
         try:
             await file_volumes.delete_volume(path)

@@ -31,6 +31,7 @@ _FSTYPE = {"hfs+": "hfsplus"}
 
 class FsBackend(DirBackend):
     type_name = "fs"
+    checks_mount = True            # volume_dir: the filesystem is mounted there
     required_tools = ("mount", "umount", "blkid")
     optional_tools = ("qemu-img", "mkfs.ext4", "mkfs.xfs", "wipefs")
     pool_formats = (

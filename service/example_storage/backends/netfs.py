@@ -236,6 +236,7 @@ async def with_deadline(fn: Callable[..., T], *args: Any, timeout: float, what: 
 # -- the backend ----------------------------------------------------------------
 class NetfsBackend(DirBackend):
     type_name = "netfs"
+    checks_mount = True            # volume_dir: the filesystem is mounted there
     required_tools = ("mount", "umount")
     optional_tools = ("qemu-img", "mount.nfs", "showmount", "nfs-ls")
     pool_formats = ("auto", "nfs", "glusterfs", "cifs")
