@@ -520,13 +520,6 @@ _HEADER_READERS = {code: (name, _VARIANT_SIGNATURE[kind], _KIND_READERS[kind])
                    for code, (name, kind) in HEADER_FIELDS.items()}
 
 
-def message_length(head: bytes) -> int:
-    """The length of the whole message whose first 16 bytes are ``head``."""
-    body_len, _serial, fields_len = _FIXED_HEADER.unpack_from(head, 0)[4:]
-    header_len = 16 + fields_len
-    return header_len + (-header_len & 7) + body_len
-
-
 def parse_message(codec: Codec, data: bytes) -> tuple[int, int, int, dict[str, Any], list]:
     """(type, flags, serial, header fields by name, body values) of the little-endian
     message ``data`` (exactly one message). WireError for anything unusual (another
