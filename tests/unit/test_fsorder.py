@@ -9,7 +9,7 @@ import pytest
 from example_storage.backends import dirsync
 from example_storage.backends import file_volumes as fv
 from example_storage.model.definitions import VolumeDefinition
-from example_storage.system import fsorder
+from example_storage.system import aiofsync, fsorder
 
 from tests.harness.loop import mounted_filesystem
 
@@ -56,29 +56,43 @@ def test_other_files_are_not_in_order():
         os.close(w)
 
 
+@pytest.mark.parametrize("fsync_by", ["aio", "thread"])
 @pytest.mark.parametrize(("fstype", "options", "in_order"), FILESYSTEMS,
                          ids=["ext4", "ext4-nojournal", "xfs"])
 async def test_a_round_costs_one_fsync_where_metadata_is_in_order(
-        tmp_path, monkeypatch, fstype, options, in_order):
+        tmp_path, monkeypatch, fstype, options, in_order, fsync_by):
     """Concurrent creates in a dir pool: on ext4 with a journal and on xfs each round is
-    one fsync (of the file published last); without a journal every file and then the
-    directory. Every file is closed either way."""
+    one fsync (of the file published last: through AIO on the loop, or in a thread where
+    there is no AIO); without a journal every file and then the directory, in a thread.
+    Every file is closed either way."""
+    loop = asyncio.get_running_loop()
+    if fsync_by == "aio":
+        if aiofsync.aio_fsync_for(loop) is None:
+            pytest.skip("this kernel gives no AIO context")
+    else:
+        monkeypatch.setattr(dirsync, "aio_fsync_for", lambda loop: None)
     with mounted_filesystem(tmp_path, fstype, mkfs_options=options) as mnt:
         rounds: list[list[int]] = []
-        synced: list[int] = []
-        real_round, real_fsync = dirsync.sync_round, os.fsync
+        synced: list[tuple[str, int]] = []
+        real_round, real_fsync = dirsync.DirSyncer._round, os.fsync
+        real_aio_fsync = aiofsync.AioFsync.fsync
 
-        def counting_round(directory, fds):
+        async def counting_round(self, fds):
             rounds.append(list(fds))
-            return real_round(directory, fds)
+            return await real_round(self, fds)
 
         def counting_fsync(fd):
-            synced.append(fd)
+            synced.append(("thread", fd))
             real_fsync(fd)
 
+        async def counting_aio_fsync(self, fd):
+            synced.append(("aio", fd))
+            await real_aio_fsync(self, fd)
+
         open_before = len(os.listdir("/proc/self/fd"))
-        monkeypatch.setattr(dirsync, "sync_round", counting_round)
+        monkeypatch.setattr(dirsync.DirSyncer, "_round", counting_round)
         monkeypatch.setattr(os, "fsync", counting_fsync)
+        monkeypatch.setattr(aiofsync.AioFsync, "fsync", counting_aio_fsync)
         vols = await asyncio.gather(*(
             fv.create_volume(str(mnt), VolumeDefinition(f"v{i:02d}", capacity=MiB),
                              on_loop=True)
@@ -90,7 +104,8 @@ async def test_a_round_costs_one_fsync_where_metadata_is_in_order(
         assert sorted(e for e in os.listdir(mnt) if e != "lost+found") == names
         assert sum(len(r) for r in rounds) == 16 and len(rounds) < 16
         if in_order:
-            assert synced == [r[-1] for r in rounds]
+            assert synced == [(fsync_by, r[-1]) for r in rounds]
         else:
             assert len(synced) == 16 + len(rounds)     # each file, then the directory
+            assert {by for by, _ in synced} == {"thread"}
         assert len(os.listdir("/proc/self/fd")) == open_before   # every file closed
