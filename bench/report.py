@@ -15,7 +15,7 @@ HIGHER, LOWER = "higher", "lower"
 class Row:
     key: str
     label: str
-    unit: str            # "vol/s", "ms", "us", "s", "MiB", "%"
+    unit: str            # "vol/s", "ms", "us", "s", "MiB", "%", "rounds" (a count)
     better: str          # HIGHER or LOWER
     target: str = ""
     # (ours, libvirt) -> True/False/None (None: cannot tell); ``ours`` is the whole Results
@@ -66,6 +66,8 @@ def rows(cfg: Config, other_client: str = "") -> list[Row]:
             compared=False),
         Row("steal_create_delete", "  CPU time taken by the hypervisor meanwhile", "%",
             LOWER, compared=False),
+        Row("rounds_rerun", f"  rounds run again (hypervisor took > "
+            f"{cfg.max_round_steal:.0%})", "rounds", LOWER, compared=False),
         Row("get_median", "Properties.Get(Name) of a volume, median", "us", LOWER,
             "<= 1.3x Ping (median)", _get_vs_ping),
         Row("get_p99", "Properties.Get(Name), p99", "us", LOWER),
@@ -98,7 +100,7 @@ def rows(cfg: Config, other_client: str = "") -> list[Row]:
     ]
 
 
-SCALE = {"vol/s": 1, "ms": 1e3, "us": 1e6, "s": 1, "MiB": 1 / 1024, "%": 100}
+SCALE = {"vol/s": 1, "ms": 1e3, "us": 1e6, "s": 1, "MiB": 1 / 1024, "%": 100, "rounds": 1}
 
 
 def fmt(value: object, unit: str) -> str:
@@ -108,6 +110,8 @@ def fmt(value: object, unit: str) -> str:
         return "FAILED"
     if isinstance(value, str):
         return value
+    if unit == "rounds":
+        return f"{int(value)}"
     v = float(value) * SCALE[unit]
     if unit == "s" and v < 1:
         v, unit = v * 1e3, "ms"
