@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = ["tests/unit/test_bus_marshal.py", "tests/unit/test_bus_members.py",
-         "tests/unit/test_bus_writer.py", "tests/unit/test_bus_reply.py"]
+         "tests/unit/test_bus_writer.py", "tests/unit/test_bus_reply.py",
+         "tests/bus/test_method_replies.py", "tests/unit/test_bus_export_checks.py"]
 
 
 def test_bus_unit_tests_pass_with_dbus_fast():
