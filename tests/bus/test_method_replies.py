@@ -7,6 +7,10 @@ with dbus-fast in a process of its own (tests/unit/test_bus_with_dbus_fast.py)."
 
 import asyncio
 import os
+import shutil
+import subprocess
+import threading
+import time
 
 import pytest
 from dbus_next import Message, MessageFlag, MessageType
@@ -32,6 +36,25 @@ class Sample(ServiceInterface):
     def __init__(self) -> None:
         super().__init__(IFACE)
         self.seen: list[str] = []
+        self.gate = asyncio.Event()
+        self.at_gate: list[str] = []
+
+    @method()
+    async def Quick(self) -> "s":
+        self.at_gate.append("Quick")
+        await self.gate.wait()
+        return "quick"
+
+    @method()
+    async def Slow(self) -> "s":
+        self.at_gate.append("Slow")
+        await self.gate.wait()
+        time.sleep(0.5)             # holds the event loop, as a long step does
+        return "slow"
+
+    @method()
+    async def Open(self):
+        self.gate.set()
 
     @method()
     async def Echo(self, text: "s") -> "s":
@@ -74,6 +97,7 @@ async def service(request, monkeypatch):
         server = await adapter_bus.MessageBus(bus_address=private.address,
                                               negotiate_unix_fd=True).connect()
         sample = Sample()
+        sample.bus_address = private.address
         server.export(PATH, sample)
         await server.request_name(NAME)
         client = await connect(private.address)
@@ -163,3 +187,36 @@ async def test_a_method_taking_an_fd(service, tmp_path):
     finally:
         os.close(fd)
     assert (reply.message_type, reply.body) == (MessageType.METHOD_RETURN, [12345])
+
+
+async def test_a_reply_goes_out_as_its_method_ends(service):
+    """Quick and Slow wake in one step (the gate opens); Quick ends first, then Slow holds
+    the event loop for 0.5 s. Quick's caller (busctl, in a thread: this process's loop is
+    the one held) must have its answer without waiting for the rest of the step."""
+    client, sample, path = service
+    if path == "library":
+        pytest.skip("the library's handlers send after the step")
+    if shutil.which("busctl") is None:
+        pytest.skip("needs busctl")
+    bus_address = sample.bus_address
+    arrived: dict[str, float] = {}
+
+    def call(member: str) -> None:
+        out = subprocess.run(["busctl", f"--address={bus_address}", "call", NAME, PATH,
+                              IFACE, member], capture_output=True, text=True, timeout=30)
+        arrived[member] = time.monotonic()
+        assert out.stdout.strip() == f's "{member.lower()}"', out.stdout + out.stderr
+
+    threads = []
+    for member in ("Quick", "Slow"):        # Quick waits at the gate first: it wakes first
+        threads.append(threading.Thread(target=call, args=(member,)))
+        threads[-1].start()
+        for _ in range(300):
+            if member in sample.at_gate:
+                break
+            await asyncio.sleep(0.05)
+    assert sample.at_gate == ["Quick", "Slow"]
+    await ask(client, "Open")
+    for t in threads:
+        await asyncio.to_thread(t.join, 30)
+    assert arrived["Slow"] - arrived["Quick"] > 0.3, arrived

@@ -273,13 +273,20 @@ class _PatientWriter(_MessageWriter):
     started, refreshed or destroyed). Here EAGAIN keeps the unsent rest and waits until
     the socket is writable again; every other error is still fatal, as in the library.
 
-    Batching: a call's reply and the signals it caused (InterfacesAdded, PropertiesChanged),
-    and the replies to other callers answered in the same step, are queued one by one; the
-    queue is sent once the step is done (``call_soon``), consecutive messages without Unix
-    fds joined into one ``send`` (at most ``_BATCH_BYTES`` each). dbus-fast would send each
-    message at once and dbus-next each in its own ``send``: one system call and one wake-up
-    of the bus daemon per message. A message with fds goes alone (its fds go out with its
-    first byte).
+    Batching: a call's reply and the signals it caused (InterfacesAdded, PropertiesChanged)
+    are queued one by one and go out together in one ``send`` as the call ends
+    (``send_now``, for our methods' replies); what is queued otherwise (signals of their
+    own, the library's replies) is sent once the step is done (``call_soon``). Consecutive
+    messages without Unix fds are joined (at most ``_BATCH_BYTES`` a ``send``); dbus-fast
+    would send each message at once and dbus-next each in its own ``send``: one system
+    call and one wake-up of the bus daemon per message. A message with fds goes alone
+    (its fds go out with its first byte).
+
+    Why a reply does not wait for the step's end: the calls that arrived together run one
+    after the other in one step, and the first caller would wait for all of them while
+    the bus daemon and the callers (on the other CPU) had nothing to do. Sent as each call
+    ends, 500 deletes with 16 in flight went from ~8,700 to ~12,000 a second here, at the
+    same CPU per call for every process.
 
     Memory: messages wait in the library's queue (unbounded) while the bus reads slower
     than we write: a burst of 10,000 InterfacesAdded holds ~6 MB until the bus daemon
@@ -311,6 +318,14 @@ class _PatientWriter(_MessageWriter):
     def _flush(self) -> None:
         self._flush_due = False
         self.write_callback(remove_writer=False)
+
+    def send_now(self) -> None:
+        """Send the queue right away if nothing is half sent (else the writer's own turn
+        comes when the socket is writable); before Hello, after the step as always."""
+        if self.bus.unique_name and self.buf is None:
+            self.write_callback(remove_writer=False)
+        else:
+            self.schedule_write()
 
     def write_callback(self, remove_writer: bool = True) -> None:
         """Send queued messages until the queue is empty or the socket is full.
@@ -434,7 +449,8 @@ class MessageBus(_MessageBus):
         reply with what it returns or the error it raises), without building two
         closures, a reply Message and the library's walks over the arguments and the
         result for fds (methods that pass fds are left to the library). The reply is
-        queued in the step the method ends in (no done-callback a step later)."""
+        sent as the method ends, with the signals it caused (``_PatientWriter.send_now``),
+        not a step later nor after the step's other calls."""
         asyncio.ensure_future(self._run_method(interface, method, reply, msg))
 
     async def _run_method(self, interface, method, reply: "_Reply", msg: Message) -> None:
@@ -445,7 +461,7 @@ class MessageBus(_MessageBus):
             data = method_return_bytes(msg, self.next_serial(), reply.signature,
                                        marshal(reply.signature, values))
             self._writer.buffer_marshalled(data)
-            self._writer.schedule_write()
+            self._writer.send_now()
         except Exception as exc:  # noqa: BLE001 - as the library's reply context
             _ReplyContext(self, msg).send_error(exc)
 
