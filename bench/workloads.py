@@ -49,7 +49,7 @@ class Config:
     latency_calls: int = 2000     # Get and Ping round trips each
     list_reps: int = 5
     big_list_reps: int = 3
-    clone_reps: int = 3
+    clone_reps: int = 5
     uevent_runs: int = 10
     startup_reps: int = 3
 
