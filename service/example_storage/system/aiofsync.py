@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -62,7 +63,10 @@ class _Kernel:
         return OSError(err, f"{what}: {os.strerror(err)}")
 
 
+@functools.cache
 def _kernel() -> _Kernel | None:
+    """This architecture's AIO syscalls, the C library loaded once (as system/libc.py
+    loads its functions); None where there are none."""
     if platform.system() != "Linux" or struct.calcsize("P") != 8:
         return None
     numbers = _SYSCALLS.get(platform.machine())
